@@ -1,0 +1,1 @@
+"""Deployment (installed as ``odeserve.export``): compiled solves and exported artifacts."""

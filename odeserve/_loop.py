@@ -1,0 +1,308 @@
+"""The step loop.
+
+``adaptive_step`` is a pure function from loop state to loop state over tensors: no Python
+branch on tensor values (except the optional ``eager_skip`` hook the Python driver passes),
+per-sample decisions as ``torch.where`` masks, constants made once in :class:`Problem`.  The
+eager driver calls it from a Python loop (one host read per step to stop, and per-sample
+compaction of finished rows); :func:`adaptive_while` hands the very same function to
+``torch.while_loop`` for ``torch.compile`` and export.  Fixed-step solves share the
+solver's ``step`` the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, NamedTuple
+
+import torch
+from torch import Tensor
+
+from .solution import Status
+from .solver import RHS, Solver, StepSizeController
+
+__all__ = ["Problem", "AdaptiveState", "FixedGrid", "LoopResult"]
+
+RUNNING = int(Status.RUNNING)
+
+
+@dataclass
+class Problem:
+    """A solve with every plugin resolved to a concrete object and every constant a tensor."""
+
+    rhs: RHS
+    solver: Solver
+    per_sample: bool
+    t0: Tensor  # 0-d
+    t1: Tensor  # 0-d
+    t_interior: Tensor  # (T_int,) output times strictly between t0 and t1
+    direction: float
+    controller: StepSizeController | None = None
+    rtol: Tensor | None = None
+    atol: Tensor | None = None
+    dt0: Tensor | None = None
+    dt_min: Tensor | None = None
+    dt_max: Tensor | None = None
+    max_steps: int = 10_000
+
+    def mean(self, x: Tensor) -> Tensor:
+        """Mean over one error-norm group: a sample (keeps ``(rows, 1)``) or the whole batch."""
+        return x.mean(dim=1, keepdim=True) if self.per_sample else x.mean()
+
+    def scalar_like(self, value: Tensor, rows: int) -> Tensor:
+        """A per-sample quantity: ``(rows, 1)`` per sample, 0-d for the joint batch."""
+        return value.expand(rows, 1).clone() if self.per_sample else value.clone()
+
+
+class AdaptiveState(NamedTuple):
+    t: Tensor
+    y: Tensor
+    f0: Tensor
+    dt: Tensor
+    memory: Tensor
+    status: Tensor
+    accepted: Tensor
+    rejected: Tensor
+    ys: Tensor  # (T_int, rows, D)
+
+
+class LoopResult(NamedTuple):
+    t: Tensor  # per-sample time reached
+    ys: Tensor  # (T_int, rows, D)
+    y1: Tensor  # (rows, D)
+    status: Tensor  # per-sample shape
+    accepted: Tensor
+    rejected: Tensor
+    batched_calls: int | Tensor
+    evals: Tensor  # per-sample f evaluations (after the initial ones)
+
+
+# --------------------------------------------------------------------------- adaptive
+
+
+def initial_step(P: Problem, y0: Tensor, f0: Tensor) -> Tensor:
+    """Hairer, Nørsett & Wanner, Solving ODEs I, §II.4 (algorithm for the starting step),
+    per error-norm group; costs one f evaluation.  The choice is not differentiated."""
+    assert P.rtol is not None and P.atol is not None
+    with torch.no_grad():
+        y0, f0 = y0.detach(), f0.detach()
+        one = torch.ones((), dtype=y0.dtype, device=y0.device)
+        scale = P.atol + P.rtol * y0.abs()
+        d0 = torch.sqrt(P.mean(torch.square(y0 / scale)))
+        d1 = torch.sqrt(P.mean(torch.square(f0 / scale)))
+        small = (d0 < 1e-5) | (d1 < 1e-5)
+        h0 = torch.where(small, one * 1e-6, 0.01 * d0 / torch.where(small, one, d1))
+        span = (P.t1 - P.t0).abs()
+        h0 = torch.minimum(h0, span)
+        t0 = P.scalar_like(P.t0, y0.shape[0])
+        f1 = P.rhs(t0 + P.direction * h0, y0 + P.direction * h0 * f0)
+        d2 = torch.sqrt(P.mean(torch.square((f1 - f0) / scale))) / h0
+        dmax = torch.maximum(d1, d2)
+        tiny = dmax <= 1e-15
+        h1 = torch.where(
+            tiny,
+            torch.clamp(h0 * 1e-3, min=1e-6),
+            (0.01 / torch.where(tiny, one, dmax)) ** (1.0 / (P.solver.order + 1)),
+        )
+        h = torch.minimum(torch.minimum(100 * h0, h1), span)
+        if P.dt_max is not None:
+            h = torch.minimum(h, P.dt_max)
+        return P.direction * h
+
+
+def adaptive_init(P: Problem, y0: Tensor) -> tuple[AdaptiveState, int]:
+    """Start state and the number of f evaluations it cost."""
+    assert P.controller is not None
+    rows = y0.shape[0]
+    t = P.scalar_like(P.t0, rows)
+    f0 = P.rhs(t, y0)
+    evals = 1
+    if P.dt0 is None:
+        dt = initial_step(P, y0, f0)
+        evals += 1
+    else:
+        dt = P.scalar_like(P.direction * P.dt0.abs(), rows)
+    status = torch.full_like(t, RUNNING, dtype=torch.int64)
+    zeros = torch.zeros_like(status)
+    ys = y0.new_zeros((P.t_interior.shape[0],) + tuple(y0.shape))
+    return AdaptiveState(t, y0, f0, dt, P.controller.init_memory(t), status, zeros, zeros.clone(), ys), evals
+
+
+def adaptive_step(
+    P: Problem, st: AdaptiveState, eager_skip: Callable[[Tensor], bool] | None = None
+) -> AdaptiveState:
+    """One attempted step for every row (frozen rows are masked, not skipped)."""
+    assert P.controller is not None and P.rtol is not None and P.atol is not None
+    solver = P.solver
+    running = st.status == RUNNING
+    remaining = P.t1 - st.t
+    last = (st.dt * P.direction) >= (remaining * P.direction)
+    dt = torch.where(last, remaining, st.dt)
+
+    res = solver.step(P.rhs, st.t, st.y, dt, st.f0)
+    assert res.f is not None
+    scale = P.atol + P.rtol * torch.maximum(st.y.abs(), res.y.abs())
+    ratio = solver.error_ratio(res.err, scale, P.mean).detach()
+    ok = ratio <= 1.0  # False for NaN
+    accept = running & ok
+    reject = running & ~ok
+    t_new = torch.where(last, P.t1, st.t + dt)
+
+    ys = st.ys
+    if P.t_interior.shape[0] > 0:
+        t_out = P.t_interior.reshape(-1, 1, 1)
+        due = accept & ((t_out - st.t) * P.direction > 0) & ((t_out - t_new) * P.direction <= 0)
+        if eager_skip is None or not eager_skip(due):
+            theta = (t_out - st.t) / torch.where(dt == 0, torch.ones_like(dt), dt)
+            vals = solver.interpolate(P.rhs, st.t, dt, st.y, st.f0, res, theta)
+            ys = torch.where(due, vals, ys)
+
+    y = torch.where(accept, res.y, st.y)
+    f0 = torch.where(accept, res.f, st.f0)
+    t = torch.where(accept, t_new, st.t)
+    factor, memory = P.controller.adapt(dt, ratio, st.memory, accept)
+    dt_next = dt * factor
+    if P.dt_max is not None:
+        dt_next = torch.clamp(dt_next.abs(), max=P.dt_max) * P.direction
+    accepted = st.accepted + accept.to(torch.int64)
+    rejected = st.rejected + reject.to(torch.int64)
+
+    still = running & ~(accept & last)
+    status = torch.where(running & accept & last, torch.zeros_like(st.status), st.status)
+    small = (t + dt_next == t)
+    if P.dt_min is not None:
+        small = small | (dt_next.abs() < P.dt_min)
+    underflow = still & small
+    blown = ~torch.isfinite(ratio)
+    status = torch.where(
+        underflow,
+        torch.where(blown, torch.full_like(status, int(Status.NONFINITE)), torch.full_like(status, int(Status.DT_UNDERFLOW))),
+        status,
+    )
+    over = still & ~underflow & (accepted + rejected >= P.max_steps)
+    status = torch.where(over, torch.full_like(status, int(Status.MAX_STEPS)), status)
+    dt_out = torch.where(running, dt_next, st.dt)
+    memory = torch.where(running, memory, st.memory)
+    return AdaptiveState(t, y, f0, dt_out, memory, status, accepted, rejected, ys)
+
+
+def _rows(st: AdaptiveState, idx: Tensor) -> AdaptiveState:
+    return AdaptiveState(
+        st.t[idx], st.y[idx], st.f0[idx], st.dt[idx], st.memory[idx], st.status[idx],
+        st.accepted[idx], st.rejected[idx], st.ys[:, idx],
+    )
+
+
+def adaptive_eager(P: Problem, y0: Tensor, compact: bool = True) -> LoopResult:
+    """Drive :func:`adaptive_step` from Python.  Per-sample mode drops finished rows from the
+    working set, so f is only evaluated on samples that are still running."""
+    st, init_evals = adaptive_init(P, y0)
+    eps = P.solver.evals_per_step
+    per_row_compact = P.per_sample and compact
+    if per_row_compact:
+        final = st
+        index = torch.arange(y0.shape[0], device=y0.device)
+    batched = init_evals
+    evals = torch.full_like(st.status, init_evals)
+
+    def skip(due: Tensor) -> bool:
+        return not bool(due.any())
+
+    while True:
+        st = adaptive_step(P, st, skip)
+        batched += eps
+        running = st.status == RUNNING
+        if per_row_compact:
+            evals = evals.index_add(0, index, torch.full_like(st.status, eps))
+            n_run = int(running.sum())
+            if n_run < st.status.shape[0]:
+                done = torch.nonzero(~running[:, 0]).reshape(-1)
+                final = _scatter(final, index[done], _rows(st, done))
+                if n_run == 0:
+                    break
+                keep = torch.nonzero(running[:, 0]).reshape(-1)
+                st, index = _rows(st, keep), index[keep]
+        else:
+            evals = evals + eps * running.to(torch.int64) if P.per_sample else evals + eps
+            if not bool(running.any()):
+                break
+    if per_row_compact:
+        st = final
+    return LoopResult(st.t, st.ys, st.y, st.status, st.accepted, st.rejected, batched, evals)
+
+
+def _scatter(dst: AdaptiveState, idx: Tensor, src: AdaptiveState) -> AdaptiveState:
+    return AdaptiveState(
+        dst.t.index_copy(0, idx, src.t), dst.y.index_copy(0, idx, src.y), dst.f0.index_copy(0, idx, src.f0),
+        dst.dt.index_copy(0, idx, src.dt), dst.memory.index_copy(0, idx, src.memory),
+        dst.status.index_copy(0, idx, src.status), dst.accepted.index_copy(0, idx, src.accepted),
+        dst.rejected.index_copy(0, idx, src.rejected), dst.ys.index_copy(1, idx, src.ys),
+    )
+
+
+def adaptive_while(P: Problem, y0: Tensor) -> LoopResult:
+    """The same step as a ``torch.while_loop``: compiles whole and exports to an ONNX Loop."""
+    st, init_evals = adaptive_init(P, y0)
+    iters = torch.zeros((), dtype=torch.int64, device=y0.device)
+
+    def cond(i: Tensor, *carry: Tensor) -> Tensor:
+        return (carry[5] == RUNNING).any()
+
+    def body(i: Tensor, *carry: Tensor) -> tuple[Tensor, ...]:
+        nxt = adaptive_step(P, AdaptiveState(*carry))
+        return (i + 1,) + tuple(nxt)
+
+    out = torch.while_loop(cond, body, (iters,) + tuple(st))
+    i, st = out[0], AdaptiveState(*out[1:])
+    eps = P.solver.evals_per_step
+    return LoopResult(st.t, st.ys, st.y, st.status, st.accepted, st.rejected, init_evals + eps * i,
+                      init_evals + eps * (st.accepted + st.rejected))
+
+
+# --------------------------------------------------------------------------- fixed step
+
+
+@dataclass
+class FixedGrid:
+    """Step boundaries and, for each step, the output slot its end fills (-1: none)."""
+
+    times: Tensor  # (N + 1,)
+    slot: list[int]  # len N
+
+    @property
+    def steps(self) -> int:
+        return len(self.slot)
+
+
+def fixed_eager(P: Problem, grid: FixedGrid, y0: Tensor) -> tuple[Tensor, Tensor]:
+    """Python-driven fixed steps (also what the unrolled ONNX graph traces).
+    Returns the interior outputs ``(T_int, rows, D)`` and the final state."""
+    ts = grid.times.unbind(0)
+    dts = torch.diff(grid.times).unbind(0)
+    y = y0
+    outs: list[Tensor] = []
+    for i in range(grid.steps):
+        y = P.solver.step(P.rhs, ts[i], y, dts[i], None).y
+        if grid.slot[i] >= 0:
+            outs.append(y)
+    ys = torch.stack(outs) if outs else y0.new_zeros((0,) + tuple(y0.shape))
+    return ys, y
+
+
+def fixed_while(P: Problem, grid: FixedGrid, y0: Tensor) -> tuple[Tensor, Tensor]:
+    """Fixed steps as a ``torch.while_loop``: graph size independent of the step count.
+    Outputs land in a buffer with one scratch slot for steps that end between outputs."""
+    n_int = P.t_interior.shape[0]
+    slot = torch.tensor([s if s >= 0 else n_int for s in grid.slot], dtype=torch.int64, device=y0.device)
+    times, dts = grid.times, torch.diff(grid.times)
+    buf = y0.new_zeros((n_int + 1,) + tuple(y0.shape))
+    n = torch.tensor(grid.steps, dtype=torch.int64, device=y0.device)
+
+    def cond(i: Tensor, y: Tensor, buf: Tensor) -> Tensor:
+        return i < n
+
+    def body(i: Tensor, y: Tensor, buf: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        y = P.solver.step(P.rhs, times[i], y, dts[i], None).y
+        return i + 1, y, buf.index_copy(0, slot[i].reshape(1), y.unsqueeze(0))
+
+    _, y, buf = torch.while_loop(cond, body, (torch.zeros((), dtype=torch.int64, device=y0.device), y0, buf))
+    return buf[:n_int], y

@@ -1,0 +1,121 @@
+"""Abstract bases of the three plugin kinds: solver, step-size controller, sensitivity.
+
+The step loop talks to these only through the methods and capability attributes below
+(``adaptive``, ``order``, ``error_order``, ``fsal``, ``evals_per_step``); it never asks a
+solver for its name or class.  Every method is tensor-in, tensor-out with no Python branch
+on tensor values, so one implementation serves eager PyTorch, ``torch.compile``, ONNX and
+TorchScript.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, Callable, ClassVar, NamedTuple
+
+import torch
+from torch import Tensor
+
+from ._interp import HermiteInterpolant
+
+__all__ = ["Solver", "StepResult", "StepSizeController", "Sensitivity", "RHS"]
+
+#: The loop's view of ``f``: ``rhs(t, y)`` with ``y`` the flat ``(rows, D)`` state.
+RHS = Callable[[Tensor, Tensor], Tensor]
+
+
+class StepResult(NamedTuple):
+    """What one attempted step returns.  ``err`` is empty for fixed-step methods; ``ks`` are
+    the stage derivatives (for dense output)."""
+
+    y: Tensor
+    f: Tensor | None
+    err: tuple[Tensor, ...]
+    y_mid: Tensor | None
+    ks: tuple[Tensor, ...] = ()
+
+
+class Solver(ABC):
+    """A one-step method.  Subclasses set the class attributes and implement :meth:`step`.
+
+    An instance is made once per solve for one dtype and device; constructors convert
+    their constants to tensors of that dtype there, never inside the loop.
+    """
+
+    order: ClassVar[int]
+    adaptive: ClassVar[bool] = False
+    error_order: ClassVar[int | None] = None
+    fsal: ClassVar[bool] = False
+    #: f evaluations one attempted step costs once ``f(t, y)`` at its start is known.
+    evals_per_step: ClassVar[int]
+    #: True when :meth:`step` needs ``f(t, y)`` of the step's start passed in as ``f0``.
+    needs_f0: ClassVar[bool] = False
+    #: True when the solver provides :meth:`backward_step` reconstructing the start state
+    #: exactly (algebraically reversible schemes).
+    reversible: ClassVar[bool] = False
+
+    def __init__(self, dtype: torch.dtype, device: torch.device) -> None:
+        self.dtype = dtype
+        self.device = device
+        self._hermite = HermiteInterpolant(False, dtype, device)
+
+    def const(self, value: float) -> Tensor:
+        """A scalar constant of the solve's dtype and device (made once, outside loops)."""
+        return torch.tensor(value, dtype=self.dtype, device=self.device)
+
+    @abstractmethod
+    def step(self, rhs: RHS, t: Tensor, y: Tensor, dt: Tensor, f0: Tensor | None) -> StepResult:
+        """Advance ``y`` from ``t`` by ``dt``.
+
+        ``t`` and ``dt`` broadcast against ``y`` (0-d for a joint batch, ``(rows, 1)`` per
+        sample).  ``f0`` is ``rhs(t, y)`` when the loop carries it (adaptive solvers).
+        Returns the new state, ``rhs(t + dt, y_new)`` when the method produces it (FSAL or
+        adaptive), the local error estimate(s) and, if available, the solution at
+        ``t + dt/2`` for dense output.
+        """
+
+    def error_ratio(self, err: tuple[Tensor, ...], scale: Tensor, mean: Callable[[Tensor], Tensor]) -> Tensor:
+        """Scaled error norm of a step: ≤ 1 means accept.  ``mean`` reduces over one sample
+        (or the joint batch).  The default is the RMS norm of the single estimate."""
+        return torch.sqrt(mean(torch.square(err[0] / scale)))
+
+    def interpolate(
+        self, rhs: RHS, t: Tensor, dt: Tensor, y0: Tensor, f0: Tensor, res: StepResult, theta: Tensor
+    ) -> Tensor:
+        """Dense output of an accepted step at fractions ``theta`` (``(T, r, 1)``) of ``dt``;
+        returns ``(T, rows, D)``.  Default: cubic Hermite through both ends' values and
+        derivatives (local error O(dt⁴)); solvers with a better continuous extension override."""
+        assert res.f is not None
+        return self._hermite(theta, dt, y0, res.y, f0, res.f, None)
+
+
+class StepSizeController(ABC):
+    """Chooses the next step size from the error ratio of the last attempt."""
+
+    def __init__(self, *, error_exponent: int, dtype: torch.dtype, device: torch.device, **options: Any) -> None:
+        self.k = error_exponent
+        self.dtype = dtype
+        self.device = device
+
+    def const(self, value: float) -> Tensor:
+        return torch.tensor(value, dtype=self.dtype, device=self.device)
+
+    @abstractmethod
+    def init_memory(self, like: Tensor) -> Tensor:
+        """Controller memory carried through the loop, shaped like ``like``."""
+
+    @abstractmethod
+    def adapt(self, dt: Tensor, ratio: Tensor, memory: Tensor, accept: Tensor) -> tuple[Tensor, Tensor]:
+        """Return ``(factor, new_memory)``; the next step is ``dt * factor``.  A non-finite
+        ``ratio`` must give the smallest factor (the step blew up: shrink hard)."""
+
+
+class Sensitivity(ABC):
+    """How gradients flow through a solve.  See :mod:`odeserve.hookspecs`."""
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def run(self, prepared: Any, y0: Tensor) -> tuple[Tensor, Any]:
+        """Run the forward solve ``prepared.run(y0)`` (``y0`` flat, ``(rows, D)``) and make its
+        outputs carry this method's backward pass.  Returns ``(ys, loop_result)`` exactly as
+        :meth:`odeserve._api.PreparedSolve.run` does."""

@@ -1,0 +1,1 @@
+"""odeserve's built-in plugins (installed as ``odeserve.plugins``)."""
