@@ -54,7 +54,9 @@ class PreparedSolve:
         P = problem or self.problem
         if self.grid is not None:
             loop_fn = fixed_while if self.loop == "while" else fixed_eager
-            ys_int, y1 = loop_fn(P, self.grid, y0)
+            width = y0.shape[-1]
+            ys_int, y1 = loop_fn(P, self.grid, P.solver.augment(P.rhs, P.t0, y0))
+            ys_int, y1 = P.solver.project(ys_int, width), P.solver.project(y1, width)
             status = _finite_status(P, torch.cat([ys_int, y1.unsqueeze(0)]))
             steps = torch.full_like(status, self.grid.steps)
             res = LoopResult(P.t1.expand_as(status), ys_int, y1, status, steps, torch.zeros_like(steps),

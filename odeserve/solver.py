@@ -78,6 +78,16 @@ class Solver(ABC):
         (or the joint batch).  The default is the RMS norm of the single estimate."""
         return torch.sqrt(mean(torch.square(err[0] / scale)))
 
+    def augment(self, rhs: RHS, t0: Tensor, y0: Tensor) -> Tensor:
+        """The loop state a fixed-step solve starts from.  Solvers that carry more than ``y``
+        (reversible Heun carries ``[y, ŷ, f(ŷ)]``) concatenate it on the last axis; the
+        default is ``y0`` itself."""
+        return y0
+
+    def project(self, state: Tensor, width: int) -> Tensor:
+        """``y`` back from the loop state (any leading axes); inverse of :meth:`augment`."""
+        return state if state.shape[-1] == width else state[..., :width]
+
     def interpolate(
         self, rhs: RHS, t: Tensor, dt: Tensor, y0: Tensor, f0: Tensor, res: StepResult, theta: Tensor
     ) -> Tensor:
