@@ -204,8 +204,13 @@ def adaptive_eager(P: Problem, y0: Tensor, compact: bool = True) -> LoopResult:
     batched = init_evals
     evals = torch.full_like(st.status, init_evals)
 
+    dense_calls = [0]
+
     def skip(due: Tensor) -> bool:
-        return not bool(due.any())
+        if bool(due.any()):
+            dense_calls[0] += 1
+            return False
+        return True
 
     while True:
         st = adaptive_step(P, st, skip)
@@ -227,7 +232,8 @@ def adaptive_eager(P: Problem, y0: Tensor, compact: bool = True) -> LoopResult:
                 break
     if per_row_compact:
         st = final
-    return LoopResult(st.t, st.ys, st.y, st.status, st.accepted, st.rejected, batched, evals)
+    extra = dense_calls[0] * P.solver.interpolation_evals
+    return LoopResult(st.t, st.ys, st.y, st.status, st.accepted, st.rejected, batched + extra, evals + extra)
 
 
 def _scatter(dst: AdaptiveState, idx: Tensor, src: AdaptiveState) -> AdaptiveState:
@@ -253,7 +259,7 @@ def adaptive_while(P: Problem, y0: Tensor) -> LoopResult:
 
     out = torch.while_loop(cond, body, (iters,) + tuple(st))
     i, st = out[0], AdaptiveState(*out[1:])
-    eps = P.solver.evals_per_step
+    eps = P.solver.evals_per_step + (P.solver.interpolation_evals if P.t_interior.shape[0] > 0 else 0)
     return LoopResult(st.t, st.ys, st.y, st.status, st.accepted, st.rejected, init_evals + eps * i,
                       init_evals + eps * (st.accepted + st.rejected))
 
@@ -301,8 +307,10 @@ def fixed_while(P: Problem, grid: FixedGrid, y0: Tensor) -> tuple[Tensor, Tensor
         return i < n
 
     def body(i: Tensor, y: Tensor, buf: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        y = P.solver.step(P.rhs, times[i], y, dts[i], None).y
-        return i + 1, y, buf.index_copy(0, slot[i].reshape(1), y.unsqueeze(0))
+        # index_select, not times[i]: a data-dependent index must stay a tensor op to trace
+        at = i.reshape(1)
+        y = P.solver.step(P.rhs, times.index_select(0, at).reshape(()), y, dts.index_select(0, at).reshape(()), None).y
+        return i + 1, y, buf.index_copy(0, slot.index_select(0, at), y.unsqueeze(0))
 
     _, y, buf = torch.while_loop(cond, body, (torch.zeros((), dtype=torch.int64, device=y0.device), y0, buf))
     return buf[:n_int], y

@@ -47,6 +47,8 @@ class Solver(ABC):
     fsal: ClassVar[bool] = False
     #: f evaluations one attempted step costs once ``f(t, y)`` at its start is known.
     evals_per_step: ClassVar[int]
+    #: f evaluations one :meth:`interpolate` call costs (DOP853's dense output: 3).
+    interpolation_evals: ClassVar[int] = 0
     #: True when :meth:`step` needs ``f(t, y)`` of the step's start passed in as ``f0``.
     needs_f0: ClassVar[bool] = False
     #: True when the solver provides :meth:`backward_step` reconstructing the start state

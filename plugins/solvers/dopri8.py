@@ -6,12 +6,17 @@ References: E. Hairer, S. P. Nørsett, G. Wanner, *Solving Ordinary Differential
 
 Written in FSAL form with 13 stages: the 12 stages of DOP853, then stage 13 at c = 1 with
 row ``a[12] = b``, i.e. f(t + h, y_new) — the evaluation the next step starts from.  Both
-error estimates give it weight zero.  The dense-output stages 14–16 are not included.
+error estimates give it weight zero.  The dense-output stages 14–16 are evaluated only by
+:meth:`Dopri8.interpolate` (DOP853's 7th-order continuous extension).
 The c are the published ones; they match the row sums to ~1e-29 (exactly) / ~6e-15 (float).
 """
 
 from __future__ import annotations
 
+import torch
+from torch import Tensor
+
+from odeserve.solver import RHS, StepResult
 from odeserve.tableau import ButcherTableau
 
 from .rk import ExplicitRK
@@ -113,8 +118,114 @@ DOPRI8 = ButcherTableau(
 )
 
 
+# Dense output of DOP853 (Hairer, Nørsett & Wanner I, §II.6 and §II.10; ``dop853.f``'s
+# CONTD8; coefficients copied from SciPy's ``scipy/integrate/_ivp/dop853_coefficients.py``,
+# ``A[13:16]``, ``C[13:16]`` and ``D``).  Three extra stages 14–16 (indices 13–15) build on
+# the 12 DOP853 stages and K_13 = f(t + h, y_new) (index 12, our FSAL stage).
+_C_EXTRA = (0.1, 0.2, 0.777777777777777777777777777778)
+
+_A_EXTRA: tuple[dict[int, float], ...] = (  # rows 13, 14, 15: {j: a_ij}
+    {
+        0: 5.61675022830479523392909219681e-2, 6: 2.53500210216624811088794765333e-1,
+        7: -2.46239037470802489917441475441e-1, 8: -1.24191423263816360469010140626e-1,
+        9: 1.5329179827876569731206322685e-1, 10: 8.20105229563468988491666602057e-3,
+        11: 7.56789766054569976138603589584e-3, 12: -8.298e-3,
+    },
+    {
+        0: 3.18346481635021405060768473261e-2, 5: 2.83009096723667755288322961402e-2,
+        6: 5.35419883074385676223797384372e-2, 7: -5.49237485713909884646569340306e-2,
+        10: -1.08347328697249322858509316994e-4, 11: 3.82571090835658412954920192323e-4,
+        12: -3.40465008687404560802977114492e-4, 13: 1.41312443674632500278074618366e-1,
+    },
+    {
+        0: -4.28896301583791923408573538692e-1, 5: -4.69762141536116384314449447206,
+        6: 7.68342119606259904184240953878, 7: 4.06898981839711007970213554331,
+        8: 3.56727187455281109270669543021e-1, 12: -1.39902416515901462129418009734e-3,
+        13: 2.9475147891527723389556272149, 14: -9.15095847217987001081870187138,
+    },
+)
+
+# Rows 4–7 of the interpolant's coefficients (dop853.f's D4xx … D7xx), over the 16 stages.
+_D: tuple[dict[int, float], ...] = (
+    {
+        0: -0.84289382761090128651353491142e+1, 5: 0.56671495351937776962531783590,
+        6: -0.30689499459498916912797304727e+1, 7: 0.23846676565120698287728149680e+1,
+        8: 0.21170345824450282767155149946e+1, 9: -0.87139158377797299206789907490,
+        10: 0.22404374302607882758541771650e+1, 11: 0.63157877876946881815570249290,
+        12: -0.88990336451333310820698117400e-1, 13: 0.18148505520854727256656404962e+2,
+        14: -0.91946323924783554000451984436e+1, 15: -0.44360363875948939664310572000e+1,
+    },
+    {
+        0: 0.10427508642579134603413151009e+2, 5: 0.24228349177525818288430175319e+3,
+        6: 0.16520045171727028198505394887e+3, 7: -0.37454675472269020279518312152e+3,
+        8: -0.22113666853125306036270938578e+2, 9: 0.77334326684722638389603898808e+1,
+        10: -0.30674084731089398182061213626e+2, 11: -0.93321305264302278729567221706e+1,
+        12: 0.15697238121770843886131091075e+2, 13: -0.31139403219565177677282850411e+2,
+        14: -0.93529243588444783865713862664e+1, 15: 0.35816841486394083752465898540e+2,
+    },
+    {
+        0: 0.19985053242002433820987653617e+2, 5: -0.38703730874935176555105901742e+3,
+        6: -0.18917813819516756882830838328e+3, 7: 0.52780815920542364900561016686e+3,
+        8: -0.11573902539959630126141871134e+2, 9: 0.68812326946963000169666922661e+1,
+        10: -0.10006050966910838403183860980e+1, 11: 0.77771377980534432092869265740,
+        12: -0.27782057523535084065932004339e+1, 13: -0.60196695231264120758267380846e+2,
+        14: 0.84320405506677161018159903784e+2, 15: 0.11992291136182789328035130030e+2,
+    },
+    {
+        0: -0.25693933462703749003312586129e+2, 5: -0.15418974869023643374053993627e+3,
+        6: -0.23152937917604549567536039109e+3, 7: 0.35763911791061412378285349910e+3,
+        8: 0.93405324183624310003907691704e+2, 9: -0.37458323136451633156875139351e+2,
+        10: 0.10409964950896230045147246184e+3, 11: 0.29840293426660503123344363579e+2,
+        12: -0.43533456590011143754432175058e+2, 13: 0.96324553959188282948394950600e+2,
+        14: -0.39177261675615439165231486172e+2, 15: -0.14972683625798562581422125276e+3,
+    },
+)
+
+# With Δ = y_new − y0, the seven vectors of dop853.f's CONT are F_m = s_m Δ + h Σ_j M_mj K_j:
+#   F_0 = Δ,  F_1 = h K_1 − Δ,  F_2 = 2Δ − h (K_1 + K_13),  F_{3+i} = h Σ_j D_ij K_j.
+_F_DELTA = (1.0, -1.0, 2.0, 0.0, 0.0, 0.0, 0.0)
+_F_STAGES = ({}, {0: 1.0}, {0: -1.0, 12: -1.0}) + _D
+
+
 class Dopri8(ExplicitRK):
     """DOP853: order 8 with embedded 5th- and 3rd-order estimates combined as in Hairer's
-    code, 12 stages + f(t + dt, y_new) (FSAL form, 13); cubic Hermite dense output."""
+    code, 12 stages + f(t + dt, y_new) (FSAL form, 13); DOP853's 7th-order dense output
+    (3 extra f evaluations per interpolated step)."""
 
     tableau = DOPRI8
+    interpolation_evals = 3
+
+    def __init__(self, dtype: torch.dtype, device: torch.device) -> None:
+        super().__init__(dtype, device)
+
+        def mat(rows: tuple[dict[int, float], ...], n: int) -> Tensor:
+            return torch.tensor([_dense(r, n) for r in rows], dtype=dtype, device=device)
+
+        self._c_extra = [self.const(c) for c in _C_EXTRA]
+        self._a_extra = [mat((r,), 13 + i) for i, r in enumerate(_A_EXTRA)]  # (1, 13 + i) each
+        self._f_stages = mat(_F_STAGES, 16)  # (7, 16)
+        self._f_delta = torch.tensor(_F_DELTA, dtype=dtype, device=device).reshape(7, 1, 1)
+        self._one = self.const(1.0)
+
+    def interpolate(
+        self, rhs: RHS, t: Tensor, dt: Tensor, y0: Tensor, f0: Tensor, res: StepResult, theta: Tensor
+    ) -> Tensor:
+        """DOP853's continuous extension (dop853.f CONTD8): with x = θ,
+        y(t + x h) = y0 + x (F_0 + (1−x) (F_1 + x (F_2 + (1−x) (F_3 + x (F_4 + (1−x) (F_5 + x F_6)))))),
+        evaluated as Σ_m w_m(x) F_m with w_m the products of x and 1−x, for all θ at once."""
+        ks = list(res.ks)  # 13 stages: DOP853's 12, then f(t + dt, y_new)
+        for c, a in zip(self._c_extra, self._a_extra):
+            y_stage = torch.addcmul(y0, dt, self._combine(a, ks)[0])
+            ks.append(rhs(torch.addcmul(t, c, dt), y_stage))
+        delta = res.y - y0
+        stages = self._combine(self._f_stages, ks)  # (7, rows, D)
+        big_f = torch.addcmul(self._f_delta * delta, dt, stages)  # (7, rows, D)
+        # w = (x, x s, x² s, x² s², x³ s², x³ s³, x⁴ s³), s = 1 − x; theta (T, r, 1).
+        s = self._one - theta
+        ws = [theta]
+        for m in range(1, 7):
+            ws.append(ws[-1] * (s if m % 2 else theta))
+        w = torch.stack(ws, dim=-1)  # (T, r, 1, 7)
+        # (T, r, 1, 7) @ (rows, 7, D) -> (T, rows, 1, D)
+        out = torch.matmul(w, big_f.transpose(0, 1))
+        return y0 + out.squeeze(-2)
