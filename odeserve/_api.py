@@ -45,6 +45,8 @@ class PreparedSolve:
     compact: bool
     solver_name: str
     options: dict[str, Any]
+    y0_flat: Tensor | None = None
+    f0_flat: Tensor | None = None  # f(t0, y0) from validation, reused by run(y0_flat)
 
     @property
     def adaptive(self) -> bool:
@@ -64,7 +66,8 @@ class PreparedSolve:
         elif self.loop == "while":
             res = adaptive_while(P, y0)
         else:
-            res = adaptive_eager(P, y0, compact=self.compact)
+            f0 = self.f0_flat if (y0 is self.y0_flat and problem is None) else None
+            res = adaptive_eager(P, y0, compact=self.compact, f0=f0)
         ys = torch.cat([y0.unsqueeze(0), res.ys, res.y1.unsqueeze(0)])
         return ys, res
 
@@ -136,7 +139,13 @@ def _positive(name: str, value: Any, allow_zero: bool = False) -> float:
 
 def make_rhs(f: Callable[..., Any], spec: StateSpec) -> Callable[[Tensor, Tensor], Tensor]:
     """``f(t, y)`` in the user's shapes → ``rhs(t, y_flat)`` on the loop's ``(rows, D)``."""
-    if spec.per_sample:
+    if not spec.is_tuple and not spec.per_sample:
+        shape, width = spec.shapes[0], spec.width
+
+        def rhs(t: Tensor, y: Tensor) -> Tensor:
+            return f(t, y.reshape(shape)).reshape(1, width)
+
+    elif spec.per_sample:
 
         def rhs(t: Tensor, y: Tensor) -> Tensor:
             rows = y.shape[0]
@@ -194,11 +203,12 @@ def prepare(
         raise InvalidOptionError(f"steps must be a positive integer, got {steps!r}")
     if dt is not None:
         _positive("dt", dt)
+    fy = None
     if check_f:
         fy = f(times[0] if not spec.per_sample else times[0].expand(spec.batch), y0)
         spec.check_derivative(fy, "f(t0, y0)")
 
-    s = solver_cls(dtype, device)
+    s = _instance(solver_cls, dtype, device)
     n_int = times.shape[0] - 2
     direction = 1.0 if float(times[-1]) > float(times[0]) else -1.0
     P = Problem(
@@ -219,17 +229,40 @@ def prepare(
                 "not dt or steps; pick a fixed-step solver (e.g. 'rk4') for a fixed grid"
             )
         ctrl_cls = registry.controller(controller)
-        P.controller = ctrl_cls(
-            error_exponent=(s.error_order or s.order) + 1, dtype=dtype, device=device, **(controller_options or {})
+        P.controller = _instance(
+            ctrl_cls, error_exponent=(s.error_order or s.order) + 1, dtype=dtype, device=device,
+            **(controller_options or {}),
         )
         c = lambda v: torch.tensor(v, dtype=dtype, device=device)  # noqa: E731
-        P.rtol, P.atol = c(rtol_v), c(atol_v)
+        P.rtol, P.atol, P.one = c(rtol_v), c(atol_v), c(1.0)
         P.dt0 = None if dt0 is None else c(_positive("dt0", dt0))
         P.dt_min = c(_positive("dt_min", dt_min, True)) if dt_min else None
         P.dt_max = None if dt_max is None else c(_positive("dt_max", dt_max))
     else:
         grid = _fixed_grid(times, dt, steps, max_steps)
-    return PreparedSolve(f, spec, P, times, grid, loop, compact, solver_name, {})
+    prepared = PreparedSolve(f, spec, P, times, grid, loop, compact, solver_name, {})
+    if fy is not None:
+        prepared.y0_flat, prepared.f0_flat = spec.flatten(y0), spec.flatten(fy)
+    return prepared
+
+
+_INSTANCES: dict[tuple[Any, ...], Any] = {}
+
+
+def _instance(cls: type, *args: Any, **kwargs: Any) -> Any:
+    """Solvers and controllers are immutable once built (their constants are tensors made in
+    ``__init__``), so one instance per class, dtype, device and options is reused."""
+    try:
+        key = (cls, args, tuple(sorted(kwargs.items())))
+        hash(key)
+    except TypeError:
+        return cls(*args, **kwargs)
+    inst = _INSTANCES.get(key)
+    if inst is None:
+        if len(_INSTANCES) > 256:
+            _INSTANCES.clear()
+        inst = _INSTANCES[key] = cls(*args, **kwargs)
+    return inst
 
 
 def solve(
@@ -284,7 +317,7 @@ def solve(
     )
     sens_cls = get_registry().sensitivity(sensitivity)
     method = sens_cls(**(sensitivity_options or {}))
-    y0_flat = prepared.spec.flatten(y0)
+    y0_flat = prepared.y0_flat if prepared.y0_flat is not None else prepared.spec.flatten(y0)
     ys, res = method.run(prepared, y0_flat)
     sol = build_solution(prepared, ys, res)
     if throw and not sol.success:

@@ -12,7 +12,7 @@ solver's ``step`` the same way.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import torch
 from torch import Tensor
@@ -43,6 +43,7 @@ class Problem:
     dt_min: Tensor | None = None
     dt_max: Tensor | None = None
     max_steps: int = 10_000
+    one: Tensor | None = None  # 1 in the state's dtype
 
     def mean(self, x: Tensor) -> Tensor:
         """Mean over one error-norm group: a sample (keeps ``(rows, 1)``) or the whole batch."""
@@ -83,44 +84,62 @@ def initial_step(P: Problem, y0: Tensor, f0: Tensor) -> Tensor:
     """Hairer, Nørsett & Wanner, Solving ODEs I, §II.4 (algorithm for the starting step),
     per error-norm group; costs one f evaluation.  The choice is not differentiated."""
     assert P.rtol is not None and P.atol is not None
+    k = _consts(P, y0)
     with torch.no_grad():
         y0, f0 = y0.detach(), f0.detach()
-        one = torch.ones((), dtype=y0.dtype, device=y0.device)
-        scale = P.atol + P.rtol * y0.abs()
+        scale = torch.addcmul(P.atol, P.rtol, y0.abs())
         d0 = torch.sqrt(P.mean(torch.square(y0 / scale)))
         d1 = torch.sqrt(P.mean(torch.square(f0 / scale)))
-        small = (d0 < 1e-5) | (d1 < 1e-5)
-        h0 = torch.where(small, one * 1e-6, 0.01 * d0 / torch.where(small, one, d1))
+        small = (d0 < k["1e-5"]) | (d1 < k["1e-5"])
+        h0 = torch.where(small, k["1e-6"], k["0.01"] * d0 / torch.where(small, k["1"], d1))
         span = (P.t1 - P.t0).abs()
         h0 = torch.minimum(h0, span)
         t0 = P.scalar_like(P.t0, y0.shape[0])
-        f1 = P.rhs(t0 + P.direction * h0, y0 + P.direction * h0 * f0)
+        signed = h0 if P.direction > 0 else -h0
+        f1 = P.rhs(t0 + signed, torch.addcmul(y0, signed, f0))
         d2 = torch.sqrt(P.mean(torch.square((f1 - f0) / scale))) / h0
         dmax = torch.maximum(d1, d2)
-        tiny = dmax <= 1e-15
+        tiny = dmax <= k["1e-15"]
         h1 = torch.where(
             tiny,
-            torch.clamp(h0 * 1e-3, min=1e-6),
-            (0.01 / torch.where(tiny, one, dmax)) ** (1.0 / (P.solver.order + 1)),
+            torch.maximum(h0 * k["1e-3"], k["1e-6"]),
+            torch.pow(k["0.01"] / torch.where(tiny, k["1"], dmax), k["exponent"]),
         )
-        h = torch.minimum(torch.minimum(100 * h0, h1), span)
+        h = torch.minimum(torch.minimum(k["100"] * h0, h1), span)
         if P.dt_max is not None:
             h = torch.minimum(h, P.dt_max)
-        return P.direction * h
+        return h if P.direction > 0 else -h
 
 
-def adaptive_init(P: Problem, y0: Tensor) -> tuple[AdaptiveState, int]:
-    """Start state and the number of f evaluations it cost."""
+def _consts(P: Problem, like: Tensor) -> dict[str, Tensor]:
+    """Initial-step constants as tensors of the state's dtype (a float64 ONNX graph would
+    otherwise hold Python numbers rounded to float32)."""
+    key = (like.dtype, like.device, P.solver.order)
+    consts = _CONSTS.get(key)
+    if consts is None:
+        values = {"1": 1.0, "100": 100.0, "0.01": 0.01, "1e-3": 1e-3, "1e-5": 1e-5, "1e-6": 1e-6, "1e-15": 1e-15,
+                  "exponent": 1.0 / (P.solver.order + 1)}
+        consts = _CONSTS[key] = {k: torch.tensor(v, dtype=like.dtype, device=like.device) for k, v in values.items()}
+    return consts
+
+
+_CONSTS: dict[tuple[Any, ...], dict[str, Tensor]] = {}
+
+
+def adaptive_init(P: Problem, y0: Tensor, f0: Tensor | None = None) -> tuple[AdaptiveState, int]:
+    """Start state and the number of f evaluations it cost (``f0 = f(t0, y0)`` may be given)."""
     assert P.controller is not None
     rows = y0.shape[0]
     t = P.scalar_like(P.t0, rows)
-    f0 = P.rhs(t, y0)
-    evals = 1
+    evals = 0
+    if f0 is None:
+        f0 = P.rhs(t, y0)
+        evals += 1
     if P.dt0 is None:
         dt = initial_step(P, y0, f0)
         evals += 1
     else:
-        dt = P.scalar_like(P.direction * P.dt0.abs(), rows)
+        dt = P.scalar_like(P.dt0.abs() if P.direction > 0 else -P.dt0.abs(), rows)
     status = torch.full_like(t, RUNNING, dtype=torch.int64)
     zeros = torch.zeros_like(status)
     ys = y0.new_zeros((P.t_interior.shape[0],) + tuple(y0.shape))
@@ -128,31 +147,40 @@ def adaptive_init(P: Problem, y0: Tensor) -> tuple[AdaptiveState, int]:
 
 
 def adaptive_step(
-    P: Problem, st: AdaptiveState, eager_skip: Callable[[Tensor], bool] | None = None
+    P: Problem, st: AdaptiveState, eager_skip: Callable[[Tensor], bool] | None = None, masked: bool = True
 ) -> AdaptiveState:
-    """One attempted step for every row (frozen rows are masked, not skipped)."""
+    """One attempted step for every row.
+
+    ``masked=True`` (compiled/exported loops) freezes rows that already stopped with
+    ``torch.where``; the eager driver passes ``masked=False`` because its working set only
+    ever holds running rows (joint mode stops at once; per-sample mode compacts).
+    """
     assert P.controller is not None and P.rtol is not None and P.atol is not None
     solver = P.solver
-    running = st.status == RUNNING
+    fwd = P.direction > 0
     remaining = P.t1 - st.t
-    last = (st.dt * P.direction) >= (remaining * P.direction)
+    last = st.dt >= remaining if fwd else st.dt <= remaining
     dt = torch.where(last, remaining, st.dt)
 
     res = solver.step(P.rhs, st.t, st.y, dt, st.f0)
     assert res.f is not None
-    scale = P.atol + P.rtol * torch.maximum(st.y.abs(), res.y.abs())
+    scale = torch.addcmul(P.atol, P.rtol, torch.maximum(st.y.abs(), res.y.abs()))
     ratio = solver.error_ratio(res.err, scale, P.mean).detach()
-    ok = ratio <= 1.0  # False for NaN
-    accept = running & ok
-    reject = running & ~ok
+    ok = ratio <= P.one  # False for NaN
+    if masked:
+        running = st.status == RUNNING
+        accept, reject = running & ok, running & ~ok
+    else:
+        accept, reject = ok, ~ok
     t_new = torch.where(last, P.t1, st.t + dt)
 
     ys = st.ys
     if P.t_interior.shape[0] > 0:
-        t_out = P.t_interior.reshape(-1, 1, 1)
-        due = accept & ((t_out - st.t) * P.direction > 0) & ((t_out - t_new) * P.direction <= 0)
+        t_out = P.t_interior.reshape((-1,) + (1,) * st.y.ndim)
+        ahead, reached = (t_out > st.t, t_out <= t_new) if fwd else (t_out < st.t, t_out >= t_new)
+        due = accept & ahead & reached
         if eager_skip is None or not eager_skip(due):
-            theta = (t_out - st.t) / torch.where(dt == 0, torch.ones_like(dt), dt)
+            theta = (t_out - st.t) / torch.where(dt == 0, P.one, dt)
             vals = solver.interpolate(P.rhs, st.t, dt, st.y, st.f0, res, theta)
             ys = torch.where(due, vals, ys)
 
@@ -162,27 +190,25 @@ def adaptive_step(
     factor, memory = P.controller.adapt(dt, ratio, st.memory, accept)
     dt_next = dt * factor
     if P.dt_max is not None:
-        dt_next = torch.clamp(dt_next.abs(), max=P.dt_max) * P.direction
-    accepted = st.accepted + accept.to(torch.int64)
-    rejected = st.rejected + reject.to(torch.int64)
+        dt_next = torch.clamp(dt_next, -P.dt_max, P.dt_max)
+    accepted = st.accepted + accept
+    rejected = st.rejected + reject
 
-    still = running & ~(accept & last)
-    status = torch.where(running & accept & last, torch.zeros_like(st.status), st.status)
-    small = (t + dt_next == t)
+    # Status: SUCCESS once the last step is accepted, else a failure code or still RUNNING.
+    small = t + dt_next == t
     if P.dt_min is not None:
         small = small | (dt_next.abs() < P.dt_min)
-    underflow = still & small
-    blown = ~torch.isfinite(ratio)
-    status = torch.where(
-        underflow,
-        torch.where(blown, torch.full_like(status, int(Status.NONFINITE)), torch.full_like(status, int(Status.DT_UNDERFLOW))),
-        status,
+    failure = torch.where(
+        small,
+        torch.where(torch.isfinite(ratio), int(Status.DT_UNDERFLOW), int(Status.NONFINITE)),
+        torch.where(accepted + rejected >= P.max_steps, int(Status.MAX_STEPS), RUNNING),
     )
-    over = still & ~underflow & (accepted + rejected >= P.max_steps)
-    status = torch.where(over, torch.full_like(status, int(Status.MAX_STEPS)), status)
-    dt_out = torch.where(running, dt_next, st.dt)
-    memory = torch.where(running, memory, st.memory)
-    return AdaptiveState(t, y, f0, dt_out, memory, status, accepted, rejected, ys)
+    status = torch.where(accept & last, 0, failure)
+    if masked:
+        status = torch.where(running, status, st.status)
+        dt_next = torch.where(running, dt_next, st.dt)
+        memory = torch.where(running, memory, st.memory)
+    return AdaptiveState(t, y, f0, dt_next, memory, status, accepted, rejected, ys)
 
 
 def _rows(st: AdaptiveState, idx: Tensor) -> AdaptiveState:
@@ -192,10 +218,10 @@ def _rows(st: AdaptiveState, idx: Tensor) -> AdaptiveState:
     )
 
 
-def adaptive_eager(P: Problem, y0: Tensor, compact: bool = True) -> LoopResult:
+def adaptive_eager(P: Problem, y0: Tensor, compact: bool = True, f0: Tensor | None = None) -> LoopResult:
     """Drive :func:`adaptive_step` from Python.  Per-sample mode drops finished rows from the
     working set, so f is only evaluated on samples that are still running."""
-    st, init_evals = adaptive_init(P, y0)
+    st, init_evals = adaptive_init(P, y0, f0)
     eps = P.solver.evals_per_step
     per_row_compact = P.per_sample and compact
     if per_row_compact:
@@ -213,7 +239,7 @@ def adaptive_eager(P: Problem, y0: Tensor, compact: bool = True) -> LoopResult:
         return True
 
     while True:
-        st = adaptive_step(P, st, skip)
+        st = adaptive_step(P, st, skip, masked=P.per_sample and not compact)
         batched += eps
         running = st.status == RUNNING
         if per_row_compact:
@@ -255,7 +281,9 @@ def adaptive_while(P: Problem, y0: Tensor) -> LoopResult:
 
     def body(i: Tensor, *carry: Tensor) -> tuple[Tensor, ...]:
         nxt = adaptive_step(P, AdaptiveState(*carry))
-        return (i + 1,) + tuple(nxt)
+        # torch.export rejects a body that returns an input unchanged (aliasing): with no
+        # interior output times ``ys`` passes straight through, so it is copied (it is empty).
+        return (i + 1,) + tuple(n.clone() if n is c else n for n, c in zip(nxt, carry))
 
     out = torch.while_loop(cond, body, (iters,) + tuple(st))
     i, st = out[0], AdaptiveState(*out[1:])
