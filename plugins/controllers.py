@@ -50,15 +50,17 @@ class IController(StepSizeController):
 
 
 class PIController(IController):
-    """Proportional–integral control (Gustafsson; Söderlind's PI.4.2 gains):
-    ``factor = safety · ratio^(-0.7/k) · ratio_prev^(0.4/k)``, where ``ratio_prev`` is the
-    last accepted step's ratio (floored at 1e-4).  Smoother step sequences, fewer
-    rejections than I control.  Reference: G. Söderlind, Automatic control and adaptive
-    time-stepping, Numer. Algorithms 31 (2002) 281–310; Hairer & Wanner, Solving ODEs II, §IV.2."""
+    """Proportional–integral control: ``factor = safety · ratio^(-β1/k) · ratio_prev^(β2/k)``,
+    where ``ratio_prev`` is the last accepted step's ratio (floored at 1e-4).  The defaults
+    β1 = 0.85, β2 = 0.2 are the gains of Hairer's DOPRI5 code (exponents 0.17 and 0.04 at
+    k = 5).  Söderlind's PI.4.2 (β1 = 0.7, β2 = 0.4) rejects fewer steps but takes more of
+    them (measured in bench/results/core.md).  References: E. Hairer, G. Wanner, Solving
+    ODEs II, §IV.2 and dopri5.f; G. Söderlind, Automatic control and adaptive time-stepping,
+    Numer. Algorithms 31 (2002) 281–310."""
 
     def __init__(
         self, *, error_exponent: int, dtype: torch.dtype, device: torch.device,
-        beta1: float = 0.7, beta2: float = 0.4, **options: Any,
+        beta1: float = 0.85, beta2: float = 0.2, **options: Any,
     ) -> None:
         super().__init__(error_exponent=error_exponent, dtype=dtype, device=device, **options)
         self.alpha = self.const(-beta1 / error_exponent)
