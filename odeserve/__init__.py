@@ -8,6 +8,7 @@ the plugin registry (:func:`register`, :func:`get_registry`, :data:`hookimpl`) a
 from __future__ import annotations
 
 from ._api import solve
+from ._jvp import jvp
 from .errors import (
     DtypeMismatchError,
     DuplicatePluginError,
@@ -32,6 +33,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "solve",
+    "jvp",
     "Solution",
     "Status",
     "Solver",

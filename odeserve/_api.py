@@ -222,19 +222,20 @@ def prepare(
         max_steps=max_steps,
     )
     grid = None
+    ctrl_cls = registry.controller(controller)  # an unknown name is an error even for fixed steps
     if s.adaptive:
         if dt is not None or steps is not None:
             raise InvalidOptionError(
                 f"solver {solver_name!r} is adaptive: it takes rtol/atol (and optionally dt0, the first step), "
                 "not dt or steps; pick a fixed-step solver (e.g. 'rk4') for a fixed grid"
             )
-        ctrl_cls = registry.controller(controller)
         P.controller = _instance(
-            ctrl_cls, error_exponent=(s.error_order or s.order) + 1, dtype=dtype, device=device,
+            ctrl_cls, error_exponent=min(s.order, s.error_order or s.order) + 1, dtype=dtype, device=device,
             **(controller_options or {}),
         )
         c = lambda v: torch.tensor(v, dtype=dtype, device=device)  # noqa: E731
         P.rtol, P.atol, P.one = c(rtol_v), c(atol_v), c(1.0)
+        P.zero_atol = atol_v == 0
         P.dt0 = None if dt0 is None else c(_positive("dt0", dt0))
         P.dt_min = c(_positive("dt_min", dt_min, True)) if dt_min else None
         P.dt_max = None if dt_max is None else c(_positive("dt_max", dt_max))

@@ -44,6 +44,7 @@ class Problem:
     dt_max: Tensor | None = None
     max_steps: int = 10_000
     one: Tensor | None = None  # 1 in the state's dtype
+    zero_atol: bool = False  # pure relative error control (guards 0/0 in the error norm)
 
     def mean(self, x: Tensor) -> Tensor:
         """Mean over one error-norm group: a sample (keeps ``(rows, 1)``) or the whole batch."""
@@ -88,6 +89,8 @@ def initial_step(P: Problem, y0: Tensor, f0: Tensor) -> Tensor:
     with torch.no_grad():
         y0, f0 = y0.detach(), f0.detach()
         scale = torch.addcmul(P.atol, P.rtol, y0.abs())
+        if P.zero_atol:
+            scale = torch.where(scale == 0, k["1"], scale)
         d0 = torch.sqrt(P.mean(torch.square(y0 / scale)))
         d1 = torch.sqrt(P.mean(torch.square(f0 / scale)))
         small = (d0 < k["1e-5"]) | (d1 < k["1e-5"])
@@ -119,7 +122,11 @@ def _consts(P: Problem, like: Tensor) -> dict[str, Tensor]:
     if consts is None:
         values = {"1": 1.0, "100": 100.0, "0.01": 0.01, "1e-3": 1e-3, "1e-5": 1e-5, "1e-6": 1e-6, "1e-15": 1e-15,
                   "exponent": 1.0 / (P.solver.order + 1)}
-        consts = _CONSTS[key] = {k: torch.tensor(v, dtype=like.dtype, device=like.device) for k, v in values.items()}
+        consts = {k: torch.tensor(v, dtype=like.dtype, device=like.device) for k, v in values.items()}
+        # Made while torch.export traces, these are fake tensors: caching them would poison
+        # every later eager solve, so only real tensors are kept.
+        if type(consts["1"]) is Tensor:
+            _CONSTS[key] = consts
     return consts
 
 
@@ -139,7 +146,8 @@ def adaptive_init(P: Problem, y0: Tensor, f0: Tensor | None = None) -> tuple[Ada
         dt = initial_step(P, y0, f0)
         evals += 1
     else:
-        dt = P.scalar_like(P.dt0.abs() if P.direction > 0 else -P.dt0.abs(), rows)
+        h = P.dt0.abs() if P.dt_max is None else torch.minimum(P.dt0.abs(), P.dt_max)
+        dt = P.scalar_like(h if P.direction > 0 else -h, rows)
     status = torch.full_like(t, RUNNING, dtype=torch.int64)
     zeros = torch.zeros_like(status)
     ys = y0.new_zeros((P.t_interior.shape[0],) + tuple(y0.shape))
@@ -165,6 +173,9 @@ def adaptive_step(
     res = solver.step(P.rhs, st.t, st.y, dt, st.f0)
     assert res.f is not None
     scale = torch.addcmul(P.atol, P.rtol, torch.maximum(st.y.abs(), res.y.abs()))
+    if P.zero_atol:
+        # Pure relative control: a component that is exactly 0 has nothing to measure.
+        scale = torch.where(scale == 0, P.one, scale)
     ratio = solver.error_ratio(res.err, scale, P.mean).detach()
     ok = ratio <= P.one  # False for NaN
     if masked:
@@ -195,7 +206,7 @@ def adaptive_step(
     rejected = st.rejected + reject
 
     # Status: SUCCESS once the last step is accepted, else a failure code or still RUNNING.
-    small = t + dt_next == t
+    small = (t + dt_next == t) | ~torch.isfinite(dt_next)
     if P.dt_min is not None:
         small = small | (dt_next.abs() < P.dt_min)
     failure = torch.where(
@@ -239,6 +250,7 @@ def adaptive_eager(P: Problem, y0: Tensor, compact: bool = True, f0: Tensor | No
         return True
 
     while True:
+        was_running = st.status == RUNNING
         st = adaptive_step(P, st, skip, masked=P.per_sample and not compact)
         batched += eps
         running = st.status == RUNNING
@@ -253,7 +265,7 @@ def adaptive_eager(P: Problem, y0: Tensor, compact: bool = True, f0: Tensor | No
                 keep = torch.nonzero(running[:, 0]).reshape(-1)
                 st, index = _rows(st, keep), index[keep]
         else:
-            evals = evals + eps * running.to(torch.int64) if P.per_sample else evals + eps
+            evals = evals + eps * was_running.to(torch.int64) if P.per_sample else evals + eps
             if not bool(running.any()):
                 break
     if per_row_compact:

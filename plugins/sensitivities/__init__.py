@@ -6,11 +6,20 @@ from typing import Any
 
 from odeserve.hookspecs import hookimpl
 
+from .adjoint import AdjointVJP
 from .autograd import Autograd
+from .checkpoint import Checkpointed
+from .forward import ForwardSensitivity
+from .reversible import ReversibleAdjoint
 
-__all__ = ["Autograd"]
+SENSITIVITIES = {
+    cls.name: cls for cls in (Autograd, AdjointVJP, Checkpointed, ForwardSensitivity, ReversibleAdjoint)
+}
+
+__all__ = ["SENSITIVITIES"] + [cls.__name__ for cls in SENSITIVITIES.values()]
 
 
 @hookimpl
 def odeserve_register_sensitivities(register: Any) -> None:
-    register.add_sensitivity("autograd", Autograd)
+    for name, cls in SENSITIVITIES.items():
+        register.add_sensitivity(name, cls)
