@@ -48,18 +48,19 @@ def train(odeint, steps: int = 20) -> list[float]:  # type: ignore[no-untyped-de
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--export", help="also export the odeserve-trained solve to this ONNX file")
+    parser.add_argument("--steps", type=int, default=20, help="training steps per library (default 20)")
     args = parser.parse_args()
 
     from odeserve.compat import odeint_adjoint as odeserve_odeint
 
-    ours = train(odeserve_odeint)
+    ours = train(odeserve_odeint, args.steps)
     try:
         from torchdiffeq import odeint_adjoint as torchdiffeq_odeint
     except ImportError:
         print("torchdiffeq is not installed: showing odeserve only")
         theirs = None
     else:
-        theirs = train(torchdiffeq_odeint)
+        theirs = train(torchdiffeq_odeint, args.steps)
     print(f"{'step':>4} {'odeserve':>10} {'torchdiffeq':>12}")
     for i, loss in enumerate(ours):
         print(f"{i:>4} {loss:>10.5f} {theirs[i] if theirs else float('nan'):>12.5f}")

@@ -283,9 +283,18 @@ def _scatter(dst: AdaptiveState, idx: Tensor, src: AdaptiveState) -> AdaptiveSta
     )
 
 
+def _output_buffer(y0: Tensor, n: int) -> Tensor:
+    """``n`` output slots for a ``torch.while_loop`` carry, filled with copies of ``y0``, not
+    zeros: torch.while_loop (2.13) back-propagates only through carries whose initial value
+    requires grad, so a zero buffer silently drops the gradient of every output it collects.
+    Every slot is overwritten before it is read, so the values are the same."""
+    return y0.unsqueeze(0).expand((n,) + tuple(y0.shape)).clone()
+
+
 def adaptive_while(P: Problem, y0: Tensor) -> LoopResult:
     """The same step as a ``torch.while_loop``: compiles whole and exports to an ONNX Loop."""
     st, init_evals = adaptive_init(P, y0)
+    st = st._replace(ys=_output_buffer(y0, P.t_interior.shape[0]))
     iters = torch.zeros((), dtype=torch.int64, device=y0.device)
 
     def cond(i: Tensor, *carry: Tensor) -> Tensor:
@@ -340,7 +349,7 @@ def fixed_while(P: Problem, grid: FixedGrid, y0: Tensor) -> tuple[Tensor, Tensor
     n_int = P.t_interior.shape[0]
     slot = torch.tensor([s if s >= 0 else n_int for s in grid.slot], dtype=torch.int64, device=y0.device)
     times, dts = grid.times, torch.diff(grid.times)
-    buf = y0.new_zeros((n_int + 1,) + tuple(y0.shape))
+    buf = _output_buffer(y0, n_int + 1)
     n = torch.tensor(grid.steps, dtype=torch.int64, device=y0.device)
 
     def cond(i: Tensor, y: Tensor, buf: Tensor) -> Tensor:

@@ -32,6 +32,20 @@ def _plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import main as demo_main
+    from .errors import OdeserveError
+
+    try:
+        return demo_main(args)
+    except OdeserveError as e:
+        print(f"odeserve demo: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nodeserve demo: interrupted (no partial files were left)", file=sys.stderr)
+        return 130
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="odeserve",
@@ -40,7 +54,88 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     p = sub.add_parser("plugins", help="list every solver, controller and sensitivity and who provided it")
     p.set_defaults(func=_plugins)
+    p = sub.add_parser(
+        "demo", help="the main job: train a neural ODE on a spiral, export it to ONNX, time it, plot it",
+        description="Train a neural ODE f(t, z) on trajectories of a point in the plane (adjoint, dopri5), export "
+        "it to ONNX with an automatically chosen step count, check parity in ONNX Runtime, print a latency table "
+        "and write plots (trajectories, vector field, JVP pushforward, VJP pullback, loss) to --out.",
+    )
+    from .demo import add_arguments
+
+    add_arguments(p)
+    p.set_defaults(func=_demo)
+    _add_export_commands(sub)
     return parser
+
+
+def _deferred(name: str):  # type: ignore[no-untyped-def]
+    """A command body from :mod:`odeserve.export._cli`, imported only when it runs (onnx,
+    onnxruntime and the exporters are optional and slow to import)."""
+
+    def run(args: argparse.Namespace) -> int:
+        from odeserve.export import _cli
+
+        return _cli.run_command(getattr(_cli, name), args)
+
+    return run
+
+
+def _add_export_commands(sub) -> None:  # type: ignore[no-untyped-def]
+    p = sub.add_parser(
+        "export", help="export a saved model's solve to ONNX (parity-checked against the eager solve)",
+        description="Build the model with FACTORY (package.module:make_model), load --weights (a torch.save'd "
+        "state dict, read with weights_only=True), export the solve to --output and check it in ONNX Runtime.",
+    )
+    p.add_argument("factory", help="package.module:callable returning the nn.Module f(t, y)")
+    p.add_argument("-o", "--output", required=True, help="the .onnx file to write")
+    p.add_argument("--weights", help="state dict saved with torch.save(model.state_dict(), path)")
+    p.add_argument("--factory-kwargs", help="JSON object of keyword arguments for the factory")
+    ex = p.add_mutually_exclusive_group(required=True)
+    ex.add_argument("--example", help="example batch of initial states: .npy (one tensor) or .npz (tuple state)")
+    ex.add_argument("--state-shape", help="shape of one sample's state, e.g. '2' or '3,4' (random example batch)")
+    p.add_argument("--batch", type=int, default=4, help="example batch size with --state-shape (default 4)")
+    p.add_argument("--solver", default="rk4")
+    p.add_argument("--steps", help="fixed-step count, or 'auto' (with --rtol/--atol)")
+    p.add_argument("--rtol", type=float)
+    p.add_argument("--atol", type=float)
+    p.add_argument("--t0", type=float)
+    p.add_argument("--t1", type=float)
+    p.add_argument("--output-times", help="comma-separated output times (first and last are the span)")
+    p.add_argument("--mode", choices=("loop", "unrolled"), default="loop")
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    p.add_argument("--opset", type=int, default=20)
+    p.add_argument("--max-steps", type=int, default=10_000)
+    p.add_argument("--dynamic-times", action="store_true", help="time span / output times as graph inputs")
+    p.add_argument("--static-batch", action="store_true", help="fix the batch size to the example's")
+    p.add_argument("--parity-tol", type=float)
+    p.add_argument("--parity-batches", default="1,7,256", help="batch sizes of the parity check (default 1,7,256)")
+    p.set_defaults(func=_deferred("cmd_export"))
+
+    p = sub.add_parser("inspect", help="print an exported model's metadata and input/output signature")
+    p.add_argument("model")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_deferred("cmd_inspect"))
+
+    p = sub.add_parser("run", help="run an exported model on a .npy/.npz batch in ONNX Runtime")
+    p.add_argument("model")
+    p.add_argument("--input", required=True, help=".npy (one state tensor) or .npz (tuple state, in order)")
+    p.add_argument("--output", help="write the result: .npy (the state) or .npz (every output)")
+    p.add_argument("--t0", type=float)
+    p.add_argument("--t1", type=float)
+    p.add_argument("--t", help="comma-separated output times (models exported with dynamic output times)")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--providers", default="auto")
+    p.set_defaults(func=_deferred("cmd_run"))
+
+    p = sub.add_parser("bench", help="time an exported model in ONNX Runtime")
+    p.add_argument("model")
+    p.add_argument("--batch", type=int, nargs="+", default=[1, 256])
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--repeat", type=int, default=50)
+    p.add_argument("--max-seconds", type=float, default=10.0, help="per configuration")
+    p.add_argument("--providers", default="auto")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_deferred("cmd_bench"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
