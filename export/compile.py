@@ -1,0 +1,344 @@
+"""Compiled solves: :class:`ODEModule` (``f`` and the solve settings as one ``nn.Module``)
+and :func:`compile_solve` (its solve under ``torch.compile(fullgraph=True)``).
+
+Everything that cannot live in a graph happens once, eagerly, before the compiled region:
+plugin lookup, input validation, the check call of ``f`` (:func:`odeserve._api.prepare`),
+cached per dtype, device and state layout.  The graph then holds odeserve's
+``loop="while"`` solve: one ``torch.while_loop`` over the solver's ``step`` and the loop's
+``adaptive_step``, per-sample ``torch.where`` masks, no host read inside the loop — the same
+functions the eager Python loop calls, so compiled and eager share one implementation of
+the maths.  The status is a tensor carried by the loop; the eager code around the graph
+reads it once, after the loop (``throw=True`` raises :class:`odeserve.SolveFailedError`).
+
+One prepared solve serves every batch size: the flat layout reads the batch from the tensor
+it is given (:class:`_BatchFreeSpec`), so marking axis 0 dynamic gives one graph for batch
+sizes ≥ 2 (PyTorch specialises size 1: batch 1 gets its own graph).  Inductor's CPU code
+generation adds one more split in ``joint`` mode: a float32 sum over more than 4096
+elements (the error norm over batch × state) uses a chunked accumulator, so batches on
+either side of batch × D = 4096 get one graph each.
+
+Training (``sensitivity="autograd"``) compiles forward and backward through
+``torch.while_loop``'s autograd.  The other sensitivities do not compile: they are
+``autograd.Function`` s that drive their own backward loop, and Dynamo rejects them
+("An intermediate tensor 'status' created inside a higher-order op subgraph aliases an
+input or output ..."); use them eagerly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+from typing import Any, Callable, NamedTuple, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from odeserve._api import PreparedSolve, make_rhs, prepare
+from odeserve._loop import adaptive_init
+from odeserve._state import StateSpec
+from odeserve.errors import InvalidOptionError, SolveFailedError
+from odeserve.registry import get_registry
+from odeserve.solution import Solution
+
+__all__ = ["ODEModule", "CompiledODE", "SolveInfo", "compile_solve"]
+
+State = Tensor | tuple[Tensor, ...]
+
+
+class SolveInfo(NamedTuple):
+    """Outcome of a solve as tensors (what a graph can return).  Per-sample fields are
+    ``(batch,)`` in ``per_sample`` mode and 0-d in ``joint`` mode; ``nfe`` (batched f
+    evaluations) is always 0-d."""
+
+    status: Tensor
+    accepted: Tensor
+    rejected: Tensor
+    nfe: Tensor
+    t_final: Tensor
+
+
+class _BatchFreeSpec(StateSpec):
+    """A :class:`StateSpec` whose maps take the batch size (axis 0) from the tensors they
+    are given instead of the example they were built from, so one prepared solve (and one
+    graph) serves every batch size.  In ``joint`` mode axis 0 is a batch only when every
+    component has it with one size; otherwise the layout is the parent's, fixed."""
+
+    def __init__(self, y0: Tensor | Sequence[Tensor], per_sample: bool) -> None:
+        super().__init__(y0, per_sample)
+        comps = tuple(y0) if self.is_tuple else (y0,)
+        self.batch_axis = _has_batch_axis(comps, per_sample)
+        self.row_tails = [tuple(c.shape[1:]) for c in comps] if self.batch_axis else []
+        self.row_sizes = [math.prod(tail) for tail in self.row_tails]
+        self.row_width = sum(self.row_sizes)
+        if self.batch_axis and not per_sample:
+            # The whole-state shapes and width with the batch left open (-1), for code that
+            # reshapes with them directly (make_rhs's single-tensor joint path).
+            self.shapes = [(-1,) + tail for tail in self.row_tails]
+            self.width = -1
+
+    def flatten(self, y: Tensor | Sequence[Tensor], rows: int | None = None) -> Tensor:
+        if not self.batch_axis:
+            return super().flatten(y, rows)
+        comps = tuple(y) if self.is_tuple else (y,)
+        if not self.per_sample:
+            rows = 1
+        elif rows is None:
+            rows = comps[0].shape[0]
+        parts = [c.reshape(rows, -1) for c in comps]
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+    def unflatten(self, flat: Tensor) -> Tensor | tuple[Tensor, ...]:
+        if not self.batch_axis or self.per_sample:
+            return super().unflatten(flat)
+        lead = tuple(flat.shape[:-2])
+        batch = flat.shape[-1] // self.row_width
+        if not self.is_tuple:
+            return flat.reshape(lead + (batch,) + self.row_tails[0])
+        parts = torch.split(flat, [batch * n for n in self.row_sizes], dim=-1)
+        return tuple(p.reshape(lead + (batch,) + tail) for p, tail in zip(parts, self.row_tails))
+
+    def batch_components(self, y0: State) -> tuple[Tensor, ...]:
+        """The components whose axis 0 is the batch (to mark dynamic)."""
+        if not self.batch_axis:
+            return ()
+        return tuple(y0) if self.is_tuple else (y0,)
+
+
+def _has_batch_axis(comps: tuple[Tensor, ...], per_sample: bool) -> bool:
+    """Axis 0 is a batch: always per sample; in joint mode when every component has it,
+    with one size.  Compared pairwise, not through a set: hashing a symbolic size would
+    specialise it."""
+    if per_sample:
+        return True
+    return all(c.ndim >= 1 for c in comps) and all(c.shape[0] == comps[0].shape[0] for c in comps[1:])
+
+
+def _layout_key(y0: State, per_sample: bool) -> tuple[Any, ...]:
+    """What a prepared solve depends on besides the batch size."""
+    comps = tuple(y0) if isinstance(y0, (tuple, list)) else (y0,)
+    first = comps[0]
+    batched = _has_batch_axis(comps, per_sample)
+    shapes = tuple(tuple(c.shape[1:]) if batched else tuple(c.shape) for c in comps)
+    return (str(first.dtype), str(first.device), isinstance(y0, (tuple, list)), batched, shapes)
+
+
+class ODEModule(nn.Module):
+    """``forward(y0)`` solves ``dy/dt = f(t, y)`` from ``y0`` at ``t[0]`` and returns the
+    solution at every ``t`` (``(len(t), *y0.shape)``; a tuple for tuple states) — and, with
+    ``return_info=True``, a :class:`SolveInfo` too.
+
+    ``f`` is a registered submodule (its parameters are this module's parameters).  The
+    arguments are those of :func:`odeserve.solve`; ``t`` is the output times, or give
+    ``t0``/``t1`` for the end point only.  ``loop="auto"`` (default) runs the solve as one
+    ``torch.while_loop`` under ``torch.compile`` (which compiles it whole, ``fullgraph=True``)
+    and as odeserve's eager Python loop otherwise — the same step function either way;
+    ``"while"`` uses the while_loop eagerly too; ``"python"`` unrolls a fixed-step solve
+    under compile (small step counts only; adaptive solvers cannot compile that way).
+
+    Plugins are resolved and inputs checked eagerly on the first call per dtype, device and
+    state layout (:meth:`prepare`); that must happen outside any compiled region, so call
+    the module (or :meth:`prepare`) once before ``torch.compile`` — or use
+    :func:`compile_solve`, which does it for you.  ``throw=True`` raises
+    :class:`odeserve.SolveFailedError` when a sample failed; the check reads the status
+    once after the loop, and only in eager code (under a plain ``torch.compile`` of this
+    module use ``return_info=True`` and check ``info.status`` yourself).
+    """
+
+    def __init__(
+        self,
+        f: Callable[..., Any],
+        *,
+        t: Any = None,
+        t0: float = 0.0,
+        t1: float = 1.0,
+        solver: str = "dopri5",
+        rtol: float = 1e-7,
+        atol: float = 1e-9,
+        dt: float | None = None,
+        steps: int | None = None,
+        dt0: float | None = None,
+        controller: str = "pi",
+        controller_options: dict[str, Any] | None = None,
+        batch: str = "joint",
+        max_steps: int = 10_000,
+        dt_min: float = 0.0,
+        dt_max: float | None = None,
+        sensitivity: str = "autograd",
+        sensitivity_options: dict[str, Any] | None = None,
+        throw: bool = True,
+        return_info: bool = False,
+        loop: str = "auto",
+    ) -> None:
+        super().__init__()
+        if loop not in ("auto", "while", "python"):
+            raise InvalidOptionError(f"loop must be 'auto', 'while' or 'python', got {loop!r}")
+        self.f = f
+        registry = get_registry()
+        solver_cls = registry.solver(solver)
+        if loop == "python" and solver_cls.adaptive:
+            raise InvalidOptionError(
+                f"solver {solver!r} is adaptive: its Python loop stops on a host read each step and "
+                "cannot compile whole; use loop='auto' or 'while'"
+            )
+        self.sensitivity = registry.sensitivity(sensitivity)(**(sensitivity_options or {}))
+        times = t if t is not None else [t0, t1]
+        self._times = times.detach().clone() if isinstance(times, Tensor) else list(times)
+        self._options: dict[str, Any] = dict(
+            solver=solver, rtol=rtol, atol=atol, dt=dt, steps=steps, dt0=dt0, controller=controller,
+            controller_options=controller_options, batch=batch, max_steps=max_steps, dt_min=dt_min,
+            dt_max=dt_max, loop="python" if loop == "python" else "while",
+        )
+        self.loop = loop
+        self.per_sample = batch == "per_sample"
+        self.throw = throw
+        self.return_info = return_info
+        # Per layout: the prepared solve, and its eager (Python-loop) twin for loop="auto".
+        self._prepared: dict[tuple[Any, ...], tuple[PreparedSolve, PreparedSolve]] = {}
+
+    # ---------------------------------------------------------------- eager, outside graphs
+
+    def prepare(self, y0: State) -> PreparedSolve:
+        """The prepared solve for ``y0``'s dtype, device and layout (made once, then cached).
+        Validates the inputs and calls ``f`` once, so it runs eagerly."""
+        return self._lookup(y0)[0]
+
+    def _lookup(self, y0: State) -> tuple[PreparedSolve, PreparedSolve]:
+        key = _layout_key(y0, self.per_sample)
+        found = self._prepared.get(key)
+        if found is not None:
+            return found
+        if torch.compiler.is_compiling():
+            raise InvalidOptionError(
+                "ODEModule meets a new dtype, device or state layout inside torch.compile: the solve "
+                "must be prepared eagerly first; call the module (or module.prepare(y0)) once before "
+                "compiling, or use odeserve.export.compile_solve"
+            )
+        y0 = tuple(y0) if isinstance(y0, (tuple, list)) else y0
+        with torch.no_grad():
+            p = prepare(self.f, y0, self._times, **self._options)
+            spec = _BatchFreeSpec(y0, self.per_sample)
+            problem = dataclasses.replace(p.problem, rhs=make_rhs(self.f, spec))
+            prepared = dataclasses.replace(p, spec=spec, problem=problem)
+            if prepared.adaptive:
+                # The loop's start fills lazily made constant caches; filled here, a graph
+                # never traces the cache miss (which would recompile once they are filled).
+                adaptive_init(problem, spec.flatten(y0))
+        found = self._prepared[key] = (prepared, dataclasses.replace(prepared, loop="python"))
+        return found
+
+    # ---------------------------------------------------------------- traceable
+
+    def solve(self, y0: State) -> tuple[State, SolveInfo]:
+        """The solve without the status check: what compiles (no host read, no branch on data)."""
+        compiled_loop, eager_loop = self._lookup(y0)
+        p = eager_loop if self.loop == "auto" and not torch.compiler.is_compiling() else compiled_loop
+        P = p.problem
+        y0_flat = p.spec.flatten(y0)
+        if p.loop == "while" and torch.is_grad_enabled() and not y0_flat.requires_grad:
+            y0_flat = y0_flat + self._grad_anchor(y0_flat)
+        ys, res = self.sensitivity.run(p, y0_flat)
+        # Outputs past the point where a sample stopped are NaN, as in odeserve.solve.
+        beyond = (p.t.reshape(-1, 1, 1) - res.t) * P.direction > 0
+        ys = torch.where(beyond, torch.full_like(ys, float("nan")), ys)
+        shape: Callable[[Tensor], Tensor] = (lambda x: x.reshape(-1)) if P.per_sample else (lambda x: x.reshape(()))
+        nfe = res.batched_calls
+        if not isinstance(nfe, Tensor):
+            nfe = torch.full((), nfe, dtype=torch.int64, device=res.status.device)
+        info = SolveInfo(shape(res.status), shape(res.accepted), shape(res.rejected), nfe.reshape(()), shape(res.t))
+        return p.spec.unflatten(ys), info
+
+    def _grad_anchor(self, like: Tensor) -> Tensor:
+        """A zero that requires grad when a parameter of ``f`` does.  torch.while_loop (2.13)
+        back-propagates only through carries whose initial value requires grad: without
+        this, a ``y0`` that needs no gradient (data) would cut the parameters' gradient
+        through the loop, silently.  Adding an exact zero links the state to them."""
+        params = [q for q in self.f.parameters() if q.requires_grad] if isinstance(self.f, nn.Module) else []
+        zero = torch.zeros((), dtype=like.dtype, device=like.device)
+        for q in params:
+            zero = zero + q.reshape(-1)[:1].sum().to(like.dtype) * 0
+        return zero
+
+    def check(self, y0: State, ys: State, info: SolveInfo) -> None:
+        """Raise :class:`odeserve.SolveFailedError` (the partial solution attached) unless
+        every sample succeeded: one host read of the status, after the loop."""
+        if bool((info.status == 0).all()):
+            return
+        p = self.prepare(y0)
+        stats = {"nfe": int(info.nfe), "steps": info.accepted + info.rejected, "accepted": info.accepted,
+                 "rejected": info.rejected, "t_final": info.t_final}
+        sol = Solution(ts=p.t, ys=ys, status=info.status, stats=stats, solver=p.solver_name,
+                       batch="per_sample" if self.per_sample else "joint")
+        raise SolveFailedError(f"solve with {sol.solver!r} failed: {sol.describe_failure()}", sol)
+
+    def forward(self, y0: State) -> State | tuple[State, SolveInfo]:
+        ys, info = self.solve(y0)
+        if self.throw and not torch.compiler.is_compiling():
+            self.check(y0, ys, info)
+        return (ys, info) if self.return_info else ys
+
+    def extra_repr(self) -> str:
+        opts = {k: v for k, v in self._options.items() if v is not None}
+        return ", ".join(f"{k}={v!r}" for k, v in opts.items())
+
+
+def _private_code(method: Callable[..., Any]) -> Callable[..., Any]:
+    """``method`` bound to a private copy of its code object.  Dynamo keeps compiled graphs,
+    and its recompile limit (8 by default), per code object: without the copy every
+    compiled ODE model in a process would share the slots of ``ODEModule.solve``, and the
+    ninth graph (e.g. the fifth model, at two graphs each) would fail under fullgraph."""
+    func = method.__func__  # type: ignore[attr-defined]
+    clone = types.FunctionType(func.__code__.replace(), func.__globals__, func.__name__, func.__defaults__,
+                               func.__closure__)
+    clone.__kwdefaults__ = func.__kwdefaults__
+    clone.__qualname__ = func.__qualname__
+    return types.MethodType(clone, method.__self__)  # type: ignore[attr-defined]
+
+
+class CompiledODE(nn.Module):
+    """An :class:`ODEModule` whose solve runs as one compiled graph.  ``forward`` prepares
+    eagerly (a cached lookup after the first call), marks the batch axis dynamic, runs the
+    graph, then checks the status once.  ``module`` is the eager :class:`ODEModule` (same
+    parameters); ``compiled`` the ``torch.compile``'d solve."""
+
+    def __init__(self, module: ODEModule, *, dynamic: bool = True, **compile_options: Any) -> None:
+        super().__init__()
+        self.module = module
+        self.dynamic = dynamic
+        # Not a submodule attribute: the compiled callable must not duplicate the parameters.
+        self.__dict__["compiled"] = torch.compile(
+            _private_code(module.solve), fullgraph=True, dynamic=None if dynamic else False, **compile_options
+        )
+
+    def forward(self, y0: State) -> State | tuple[State, SolveInfo]:
+        m = self.module
+        p = m.prepare(y0)
+        if self.dynamic:
+            for c in p.spec.batch_components(y0):  # type: ignore[attr-defined]
+                torch._dynamo.maybe_mark_dynamic(c, 0)
+        ys, info = self.compiled(y0)
+        if m.throw:
+            m.check(y0, ys, info)
+        return (ys, info) if m.return_info else ys
+
+
+def compile_solve(
+    f: Callable[..., Any],
+    *,
+    dynamic: bool = True,
+    backend: str | Callable[..., Any] = "inductor",
+    mode: str | None = None,
+    options: dict[str, Any] | None = None,
+    **solve_options: Any,
+) -> CompiledODE:
+    """A compiled solver for ``f``: ``compile_solve(f, solver="rk4", t0=0, t1=1, steps=100)(y0)``.
+
+    ``solve_options`` are :class:`ODEModule`'s (``t`` or ``t0``/``t1``, ``solver``,
+    ``steps``/``dt`` or ``rtol``/``atol``, ``batch``, ``return_info``, ``throw``, ...).  The
+    whole solve is one ``torch.compile(fullgraph=True)`` graph, compiled on the first call;
+    ``dynamic=True`` (default) makes the batch axis symbolic so new batch sizes reuse it
+    (batch 1 gets its own graph: PyTorch specialises size 1), and changing only the values
+    of ``y0`` never recompiles.  ``backend``, ``mode`` and ``options`` go to ``torch.compile``.
+    """
+    module = ODEModule(f, **solve_options)
+    return CompiledODE(module, dynamic=dynamic, backend=backend, mode=mode, options=options)
