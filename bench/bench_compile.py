@@ -6,8 +6,10 @@ dopri5 with rtol 1e-5, atol 1e-7 (odeserve in joint mode, like torchdiffeq; torc
 per sample, its only mode).  Side by side in one process, timed round robin:
 
 - ``odeserve``: ``odeserve.solve`` eager (the Python loop), as a user calls it;
-- ``odeserve compiled``: ``odeserve.export.compile_solve`` (inductor, ``fullgraph=True``,
-  the whole solve one graph; batch 1 gets its own graph, batches ≥ 2 share a dynamic one);
+- ``odeserve compiled``: ``odeserve.export.compile_solve`` (Inductor, ``fullgraph=True``,
+  the whole solve one graph; batch 1 gets its own graph, batches ≥ 2 share a dynamic one;
+  inference graphs use Inductor's C++ wrapper), and at batch 1 the same with
+  ``cpp_wrapper=False`` (Inductor's default Python wrapper);
 - ``torchdiffeq`` eager, ``torchode`` eager;
 - ``torchode script``: ``torch.jit.script`` of torchode's solver (its documented JIT path);
 - ``torchode compile``: ``torch.compile`` of torchode's ``solve`` method (graph breaks allowed:
@@ -17,7 +19,7 @@ per sample, its only mode).  Side by side in one process, timed round robin:
 Reported: median time, NFE (batched f calls of one solve), overhead ratio = time / (NFE ×
 bare f) with bare f one eager call of f at that batch (paired: measured right before every
 solve), compile time (wall clock of the first call minus a warm call, Inductor's on-disk
-caches off so every compile is cold), and the break-even number of solves after which
+cache in a fresh directory so every compile is cold, except with --quick/--cache), and the break-even number of solves after which
 compiling pays off against eager odeserve and against the fastest peer.
 
 Usage: python bench/bench_compile.py [--quick] [--repeats N] [--max-seconds S] [--cache]
@@ -36,7 +38,18 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
+COLD = not {"--cache", "--quick"} & set(sys.argv) and "TORCHINDUCTOR_CACHE_DIR" not in os.environ
+if COLD:
+    # Cold compiles: Inductor keeps compiled kernels on disk across processes; a fresh
+    # directory (removed at exit) makes every compile time in the report a first compile.
+    import atexit
+    import shutil
+    import tempfile
+
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="odeserve_bench_inductor_")
+    atexit.register(shutil.rmtree, os.environ["TORCHINDUCTOR_CACHE_DIR"], ignore_errors=True)
+
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
@@ -121,14 +134,22 @@ def torchode_jit(f: torch.nn.Module, method: str, mode: str) -> Callable[[torch.
 # --------------------------------------------------------------------------- one case
 
 
+COMPILED = "odeserve compiled"
+PY_WRAPPER = "odeserve compiled, Python wrapper"
+
+
 def run_case(
-    size: str, method: str, batches: list[int], repeats: int, max_seconds: float, peer_jit: list[int]
+    size: str, method: str, batches: list[int], repeats: int, max_seconds: float, peer_jit: list[int],
+    py_wrapper: list[int],
 ) -> list[dict[str, Any]]:
     dim, hidden = MLP_SIZES[size]
     f = make_mlp(dim, hidden)
     steps = RK4_STEPS if method == "rk4" else None
     tol = dict(steps=steps) if steps else dict(rtol=RTOL, atol=ATOL)
-    model = compile_solve(f, solver=method, t0=0.0, t1=1.0, return_info=True, **tol)
+    # compile_solve as a user calls it (inference graphs with Inductor's C++ wrapper), and
+    # the same with the default Python wrapper, to show what the C++ wrapper buys.
+    models = {COMPILED: compile_solve(f, solver=method, t0=0.0, t1=1.0, return_info=True, **tol),
+              PY_WRAPPER: compile_solve(f, solver=method, t0=0.0, t1=1.0, return_info=True, cpp_wrapper=False, **tol)}
     jit: dict[str, Any] = {}
     errors: dict[str, str] = {}
     if peer_jit:
@@ -138,25 +159,30 @@ def run_case(
             except Exception as e:  # noqa: BLE001 - a peer that cannot be built is reported, not fatal
                 errors[f"torchode {mode}"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
     rows = []
-    graph_compile_s = 0.0  # the graph a batch runs: its own (batch 1) or the shared dynamic one
+    graph_compile_s = {name: 0.0 for name in models}  # the graph a batch runs (its own or an earlier batch's)
     for batch in batches:
         y0 = mlp_y0(batch, dim)
         runners: dict[str, Callable[[], Any]] = {
             "odeserve": odeserve_runner(f, y0, 0.0, 1.0, method=method, rtol=RTOL, atol=ATOL, steps=steps),
-            "odeserve compiled": lambda y0=y0: model(y0),
             "torchdiffeq": torchdiffeq_runner(f, y0, 0.0, 1.0, method=method, rtol=RTOL, atol=ATOL, steps=steps),
             "torchode": torchode_runner(f, y0, 0.0, 1.0, method=method, rtol=RTOL, atol=ATOL, steps=steps),
         }
         compile_s: dict[str, float | None] = {}
         nfe: dict[str, int] = {}
-        graphs_before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
-        (ys, info), first = _first_call(runners["odeserve compiled"])
-        new_graph = torch._dynamo.utils.counters["stats"]["unique_graphs"] > graphs_before
-        compile_s["odeserve compiled"] = first - _warm_time(runners["odeserve compiled"]) if new_graph else 0.0
-        if new_graph:
-            graph_compile_s = compile_s["odeserve compiled"]
-        nfe["odeserve compiled"] = int(info.nfe)
-        y1_compiled = ys[-1]
+        y1_compiled = None
+        for name, model in models.items():
+            if name == PY_WRAPPER and batch not in py_wrapper:
+                continue
+            run = runners[name] = (lambda model=model, y0=y0: model(y0))
+            graphs_before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+            (ys, info), first = _first_call(run)
+            new_graph = torch._dynamo.utils.counters["stats"]["unique_graphs"] > graphs_before
+            compile_s[name] = first - _warm_time(run) if new_graph else 0.0
+            if new_graph:
+                graph_compile_s[name] = compile_s[name]
+            nfe[name] = int(info.nfe)
+            if y1_compiled is None:
+                y1_compiled = ys[-1]
         for name, make in jit.items():
             if batch not in peer_jit:
                 continue
@@ -176,6 +202,8 @@ def run_case(
             res = adapter(counter, y0, 0.0, 1.0, method=method, rtol=RTOL, atol=ATOL, steps=steps)()
             nfe[name] = res.nfe if res.nfe >= 0 else counter.calls
             diffs[name] = float((res.y1 - y1_compiled).abs().max())
+        order = ["odeserve", COMPILED, PY_WRAPPER, "torchdiffeq", "torchode", *jit]
+        runners = {name: runners[name] for name in order if name in runners}
         bare = bare_f_callable(f, y0)
         timing = time_alternating(dict(runners, bare_f=bare), repeats=repeats, warmup=2,
                                   inner={"bare_f": autorange(bare, 0.01)}, max_seconds=max_seconds,
@@ -194,16 +222,17 @@ def run_case(
                 "max_abs_diff_vs_compiled": diffs.get(name),
             })
         eager = next(r for r in case if r["runner"] == "odeserve")
-        comp = next(r for r in case if r["runner"] == "odeserve compiled")
         peers = [r for r in case if r["runner"] in PEERS]
         fastest = min(peers, key=lambda r: r["time_ms"])
-        comp["fastest_peer"] = fastest["runner"]
-        comp["speedup_vs_fastest_peer"] = fastest["time_ms"] / comp["time_ms"]
-        comp["speedup_vs_eager"] = eager["time_ms"] / comp["time_ms"]
-        cs = graph_compile_s
-        for key, other in (("payoff_solves_vs_eager", eager), ("payoff_solves_vs_fastest_peer", fastest)):
-            gain_ms = other["time_ms"] - comp["time_ms"]
-            comp[key] = math.ceil(cs * 1e3 / gain_ms) if gain_ms > 0 and cs > 0 else (0 if gain_ms > 0 else None)
+        for comp in (r for r in case if r["runner"] in models):
+            comp["fastest_peer"] = fastest["runner"]
+            comp["speedup_vs_fastest_peer"] = fastest["time_ms"] / comp["time_ms"]
+            comp["speedup_vs_eager"] = eager["time_ms"] / comp["time_ms"]
+            cs = graph_compile_s[comp["runner"]]
+            for key, other in (("payoff_solves_vs_eager", eager), ("payoff_solves_vs_fastest_peer", fastest)):
+                gain_ms = other["time_ms"] - comp["time_ms"]
+                comp[key] = math.ceil(cs * 1e3 / gain_ms) if gain_ms > 0 else None
+        comp = next(r for r in case if r["runner"] == COMPILED)
         comp["errors"] = dict(errors)
         rows.extend(case)
         print(f"  {size} {method} batch {batch}: compiled {comp['time_ms']:.3g} ms (ratio {comp['overhead_ratio']:.2f}), "
@@ -214,7 +243,7 @@ def run_case(
 def evaluate_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for r in rows:
-        if r["runner"] != "odeserve compiled" or r["batch"] != 1:
+        if r["runner"] != COMPILED or r["batch"] != 1:
             continue
         bound = TARGET_RATIO[r["method"]]
         out.append({"target": f"{r['method']} {r['size']} batch 1: compiled overhead ratio ≤ {bound}",
@@ -242,22 +271,26 @@ def render_md(data: dict[str, Any]) -> str:
         "before each solve (paired median). NFE: batched f calls of one solve (the compiled dopri5 solve computes "
         "f(t0, y0) itself, one more than eager odeserve, whose validation call of f is uncounted but timed). "
         "Compile: wall seconds of the first call minus a warm call, \"(reused)\" where the batch runs a graph compiled "
-        "for an earlier batch (Inductor caches "
-        f"{'on' if cfg['cache'] else 'off: cold compiles'}; the machine is shared, so wall time includes waiting). "
+        "for an earlier batch (Inductor's on-disk cache "
+        f"{'in a fresh directory: cold compiles' if cfg['cold'] else 'kept: compile times may be cache hits'}; the machine is shared, so wall time includes waiting). "
         "Pays off after: compile time / (time saved per solve), against eager odeserve and against the fastest "
         "peer. dopri5: rtol 1e-5, atol 1e-7; rk4: 100 steps (torchdiffeq's `rk4` is its 3/8-rule variant; "
-        "torchode has no RK4: classic RK4 built from its ExplicitRungeKutta). Batch 1 compiles its own graph "
-        "(PyTorch specialises size 1); batches 32 and 512 share one dynamic-batch graph (compiled at 32, no "
-        "recompile at 512). torchode under TorchScript / torch.compile runs at batch "
+        "torchode has no RK4: classic RK4 built from its ExplicitRungeKutta). **odeserve compiled** is "
+        "`compile_solve` as a user calls it (its inference graphs use Inductor's C++ wrapper, which runs the while "
+        "loop in C++); \"Python wrapper\" is the same with `cpp_wrapper=False` (Inductor's default), at batch "
+        f"{', '.join(map(str, cfg['python_wrapper_batches'])) or '(none)'}. Batch 1 compiles its own graph "
+        "(PyTorch specialises size 1); batch 32 compiles the dynamic-batch graph, which batch 512 reuses except "
+        "where batch × state width crosses 4096 in joint-mode dopri5 (Inductor generates a chunked float32 sum "
+        "for the error norm above that, a second graph). torchode under TorchScript / torch.compile runs at batch "
         f"{', '.join(map(str, cfg['peer_jit_batches'])) or '(none)'} only (each batch is a fresh torchode compile); "
         "the fastest peer is the fastest of those measured at that batch.\n\n",
     ]
     header = ["MLP", "method", "batch", "runner", "time ms", "NFE", "ratio", "compile s", "pays off after (vs eager / vs fastest peer)"]
     table = []
     for r in data["rows"]:
-        name = f"**{r['runner']}**" if r["runner"] == "odeserve compiled" else r["runner"]
+        name = f"**{r['runner']}**" if r["runner"] == COMPILED else r["runner"]
         payoff = ""
-        if r["runner"] == "odeserve compiled":
+        if "payoff_solves_vs_eager" in r:
             payoff = " / ".join("never" if r[k] is None else str(r[k]) for k in ("payoff_solves_vs_eager", "payoff_solves_vs_fastest_peer"))
         cs = r["compile_s"]
         table.append([r["size"], r["method"], r["batch"], name, fmt(r["time_ms"]), r["nfe"],
@@ -281,7 +314,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="MLP 2/64, batch 1, no torchode JIT, few rounds; writes compile_quick.*")
     ap.add_argument("--repeats", type=int, default=None, help="timed rounds per case (default 12, quick 3)")
     ap.add_argument("--max-seconds", type=float, default=None, help="time budget per case (default 30, quick 4)")
-    ap.add_argument("--cache", action="store_true", help="keep Inductor's on-disk caches (compile times then reflect hits)")
+    ap.add_argument("--cache", action="store_true",
+                    help="use Inductor's usual on-disk cache (compile times may be hits; --quick always does)")
     ap.add_argument("--peer-jit-batches", type=int, nargs="*", default=None,
                     help="batches at which torchode also runs under TorchScript / torch.compile (default: 1; "
                     "quick: none); each batch is a fresh torchode compile")
@@ -289,15 +323,13 @@ def main() -> None:
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore", message=r"Solver '.*' does not support callbacks")
     warnings.filterwarnings("ignore", category=DeprecationWarning)
-    if not args.cache:
-        torch._inductor.config.fx_graph_cache = False
-        torch._inductor.config.autotune_local_cache = False
     quick = args.quick
     repeats = args.repeats or (3 if quick else 12)
     max_seconds = args.max_seconds or (4.0 if quick else 30.0)
     sizes = ["2/64"] if quick else list(MLP_SIZES)
     batches = [1] if quick else [1, 32, 512]
     peer_jit = args.peer_jit_batches if args.peer_jit_batches is not None else ([] if quick else [1])
+    py_wrapper = [] if quick else [1]
     start = time.perf_counter()
     env = environment()
     try:
@@ -312,10 +344,10 @@ def main() -> None:
         for size in sizes:
             for method in ("rk4", "dopri5"):
                 print(f"{size} {method}", flush=True)
-                rows.extend(run_case(size, method, batches, repeats, max_seconds, peer_jit))
+                rows.extend(run_case(size, method, batches, repeats, max_seconds, peer_jit, py_wrapper))
     data = {
         "env": env,
-        "config": {"quick": quick, "peer_jit_batches": peer_jit, "repeats": repeats, "max_seconds_per_case": max_seconds, "cache": args.cache,
+        "config": {"quick": quick, "peer_jit_batches": peer_jit, "python_wrapper_batches": py_wrapper, "repeats": repeats, "max_seconds_per_case": max_seconds, "cold": COLD,
                    "rtol": RTOL, "atol": ATOL, "rk4_steps": RK4_STEPS, "threads": torch.get_num_threads(),
                    "env_TORCHINDUCTOR": {k: v for k, v in os.environ.items() if k.startswith("TORCHINDUCTOR")}},
         "rows": rows,

@@ -40,6 +40,7 @@ __all__ = [
     "locate_op",
     "export_dynamo",
     "export_legacy",
+    "optimize_safely",
     "strip_metadata",
     "set_metadata",
 ]
@@ -228,12 +229,46 @@ def export_dynamo(module: nn.Module, args: tuple[Tensor, ...], names: tuple[list
         program = torch.onnx.export(
             module, args, dynamo=True, input_names=names[0], output_names=names[1], dynamic_shapes=shapes,
             opset_version=opset, external_data=False, verify=False, report=False, verbose=False,
-            # Not the onnxscript optimizer: its rewrite rules match constants with math.isclose
-            # (abs_tol=1e-8), so e.g. ``atol + rtol·|y|`` with atol=1e-8 loses the atol term
-            # ("x + 0 → x").  ORT optimises the graph itself when it loads it.
+            # Not the exporter's optimize=True: the onnxscript rewrite rules it runs match
+            # constants with math.isclose (abs_tol=1e-8), so e.g. ``atol + rtol·|y|`` with
+            # atol=1e-8 loses the atol term ("x + 0 → x").  optimize_safely runs the rest.
             optimize=False,
         )
-    return program.model_proto
+    return optimize_safely(program.model_proto)
+
+
+def optimize_safely(model: Any) -> Any:
+    """The onnxscript optimizer's exact passes (constant folding, dead-node removal, common
+    subexpressions, initializer deduplication) without its pattern rewriter, whose rules
+    match constants only approximately.  About halves the nodes of a solve's loop body (the
+    shape arithmetic of dynamic-batch reshapes folds away), which is most of the per-step
+    cost at small batch.  If this onnxscript lacks the passes, the model is returned as is."""
+    try:
+        import onnx_ir.passes.common as common
+        from onnxscript import ir
+        from onnxscript.optimizer import _constant_folding as folding
+    except ImportError:  # pragma: no cover - other onnxscript layouts
+        return model
+    ir_model = ir.serde.deserialize_model(model)
+    passes = ir.passes.Sequential(
+        common.InlinePass(),
+        ir.passes.PassManager(
+            [folding.FoldConstantsPass(shape_inference=True,
+                                       input_size_limit=folding.DEFAULT_CONSTANT_FOLD_INPUT_SIZE_LIMIT,
+                                       output_size_limit=folding.DEFAULT_CONSTANT_FOLD_OUTPUT_SIZE_LIMIT),
+             common.RemoveUnusedNodesPass()],
+            steps=2, early_stop=True,
+        ),
+        common.RemoveUnusedNodesPass(),
+        common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
+        common.LiftSubgraphInitializersToMainGraphPass(),
+        common.DeduplicateInitializersPass(),
+        common.CommonSubexpressionEliminationPass(),
+        common.OutputFixPass(),
+        common.NameFixPass(),
+    )
+    passes(ir_model)
+    return ir.serde.serialize_model(ir_model)
 
 
 @contextlib.contextmanager
@@ -323,12 +358,16 @@ def set_metadata(model: Any, meta: dict[str, Any]) -> None:
 
 def traceable_rhs(f: Any, spec: Any) -> Callable[[Tensor, Tensor], Tensor]:
     """The per-sample ``rhs(t, y_flat)`` of :func:`odeserve._api.make_rhs` without its Python
-    branch on sizes (which the TorchScript tracer reports as data-dependent): ``t`` (0-d,
-    ``(rows,)`` or ``(rows, 1)``) is broadcast to ``(rows,)`` by one expand."""
+    branch on sizes, and with no reshape where the state already is ``(rows, D)``: every op
+    here is repeated per f evaluation inside the graph.  ``t`` arrives 0-d (fixed-step loop)
+    or ``(rows, 1)`` (adaptive loop); its rank is static, so the branch below is too."""
+    flat = not spec.is_tuple and len(spec.tails[0]) == 1
 
     def rhs(t: Tensor, y: Tensor) -> Tensor:
         rows = y.shape[0]
-        tt = t.reshape(-1, 1).expand(rows, 1).reshape(rows)
+        tt = t.expand(rows) if t.ndim == 0 else t.reshape(rows)
+        if flat:
+            return f(tt, y)
         return spec.flatten(f(tt, spec.unflatten(y)), rows)
 
     return rhs

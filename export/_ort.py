@@ -122,6 +122,7 @@ class OnnxModel:
         self.time_inputs: list[str] = json.loads(self.metadata.get("time_inputs", "[]"))
         self.is_tuple = self.metadata.get("tuple_state") == "true"
         self._by_name = {s.name: s for s in self.inputs}
+        self._np_dtypes = {s.name: np.dtype(s.dtype) for s in self.inputs}
         self._cuda = "CUDAExecutionProvider" in self.session.get_providers()
 
     # ---------------------------------------------------------------- signature
@@ -183,16 +184,21 @@ class OnnxModel:
         return feeds, like
 
     def _array(self, spec: TensorSpec, v: Any) -> Any:
-        if isinstance(v, torch.Tensor):
-            got = str(v.dtype).replace("torch.", "")
+        want = self._np_dtypes[spec.name]
+        if isinstance(v, np.ndarray):
+            v_np, ok = v, v.dtype == want
+        elif isinstance(v, torch.Tensor):
             v_np = None if (self._cuda and v.is_cuda) else v.detach().cpu().numpy()
-        elif isinstance(v, (np.ndarray, np.generic)):
-            got, v_np = v.dtype.name, np.asarray(v)
+            ok = (v_np.dtype if v_np is not None else np.dtype(str(v.dtype).replace("torch.", ""))) == want
+        elif isinstance(v, np.generic):
+            v_np = np.asarray(v)
+            ok = v_np.dtype == want
         elif isinstance(v, (float, int)) and not spec.shape:
-            got, v_np = spec.dtype, np.asarray(v, dtype=spec.dtype)
+            v_np, ok = np.asarray(v, dtype=want), True
         else:
             raise TypeError(f"input {spec.name!r} must be a numpy array or a torch tensor, got {type(v).__name__}")
-        if got != spec.dtype:
+        if not ok:
+            got = str(v.dtype).replace("torch.", "") if isinstance(v, torch.Tensor) else np.dtype(v_np.dtype).name
             raise DtypeMismatchError(
                 f"input {spec.name!r} has dtype {got} but the model takes {spec.dtype}; "
                 f"convert it first (numpy: .astype(np.{spec.dtype}), torch: .to(torch.{spec.dtype}))"

@@ -143,6 +143,11 @@ class ODEModule(nn.Module):
     :class:`odeserve.SolveFailedError` when a sample failed; the check reads the status
     once after the loop, and only in eager code (under a plain ``torch.compile`` of this
     module use ``return_info=True`` and check ``info.status`` yourself).
+
+    Training: gradients reach ``y0`` and the parameters of ``f`` (an ``nn.Module``) through
+    the while loop.  A tensor ``f`` only closes over is not seen: when ``y0`` needs no
+    gradient, such a tensor's gradient through the compiled loop would be wrong (see
+    :meth:`_grad_anchor`); make it a parameter of ``f``.
     """
 
     def __init__(
@@ -299,24 +304,51 @@ class CompiledODE(nn.Module):
     """An :class:`ODEModule` whose solve runs as one compiled graph.  ``forward`` prepares
     eagerly (a cached lookup after the first call), marks the batch axis dynamic, runs the
     graph, then checks the status once.  ``module`` is the eager :class:`ODEModule` (same
-    parameters); ``compiled`` the ``torch.compile``'d solve."""
+    parameters).
 
-    def __init__(self, module: ODEModule, *, dynamic: bool = True, **compile_options: Any) -> None:
+    Two compiled callables, each compiled on first use: ``compiled`` for calls that need
+    gradients (grad mode on and ``y0`` or a parameter of ``f`` requiring grad) and
+    ``compiled_inference`` for the rest.  With ``cpp_wrapper=True`` (and the Inductor
+    backend, no ``mode``/``options`` given) the inference graph uses Inductor's C++
+    wrapper, which runs the while loop in C++ instead of Python: 1.6–1.8× faster per solve
+    at batch 1 on CPU here, for ~30 s more compile.  Training graphs cannot (Inductor 2.13:
+    "NYI cpp wrapper for while_loop_stack_output", the loop that saves the forward states
+    for the backward pass)."""
+
+    def __init__(
+        self,
+        module: ODEModule,
+        *,
+        dynamic: bool = True,
+        backend: str | Callable[..., Any] = "inductor",
+        mode: str | None = None,
+        options: dict[str, Any] | None = None,
+        cpp_wrapper: bool = True,
+    ) -> None:
         super().__init__()
         self.module = module
         self.dynamic = dynamic
-        # Not a submodule attribute: the compiled callable must not duplicate the parameters.
-        self.__dict__["compiled"] = torch.compile(
-            _private_code(module.solve), fullgraph=True, dynamic=None if dynamic else False, **compile_options
+        kw: dict[str, Any] = dict(fullgraph=True, dynamic=None if dynamic else False, backend=backend, mode=mode)
+        inference_options = options
+        if cpp_wrapper and backend == "inductor" and mode is None and options is None:
+            inference_options = {"cpp_wrapper": True}
+        # Not submodule attributes: the compiled callables must not duplicate the parameters.
+        self.__dict__["compiled"] = torch.compile(_private_code(module.solve), options=options, **kw)
+        self.__dict__["compiled_inference"] = torch.compile(
+            _private_code(module.solve), options=inference_options, **kw
         )
 
     def forward(self, y0: State) -> State | tuple[State, SolveInfo]:
         m = self.module
         p = m.prepare(y0)
+        comps = tuple(y0) if isinstance(y0, (tuple, list)) else (y0,)
         if self.dynamic:
             for c in p.spec.batch_components(y0):  # type: ignore[attr-defined]
                 torch._dynamo.maybe_mark_dynamic(c, 0)
-        ys, info = self.compiled(y0)
+        needs_grad = torch.is_grad_enabled() and (
+            any(c.requires_grad for c in comps) or any(q.requires_grad for q in m.parameters())
+        )
+        ys, info = (self.compiled if needs_grad else self.compiled_inference)(y0)
         if m.throw:
             m.check(y0, ys, info)
         return (ys, info) if m.return_info else ys
@@ -329,6 +361,7 @@ def compile_solve(
     backend: str | Callable[..., Any] = "inductor",
     mode: str | None = None,
     options: dict[str, Any] | None = None,
+    cpp_wrapper: bool = True,
     **solve_options: Any,
 ) -> CompiledODE:
     """A compiled solver for ``f``: ``compile_solve(f, solver="rk4", t0=0, t1=1, steps=100)(y0)``.
@@ -338,7 +371,8 @@ def compile_solve(
     whole solve is one ``torch.compile(fullgraph=True)`` graph, compiled on the first call;
     ``dynamic=True`` (default) makes the batch axis symbolic so new batch sizes reuse it
     (batch 1 gets its own graph: PyTorch specialises size 1), and changing only the values
-    of ``y0`` never recompiles.  ``backend``, ``mode`` and ``options`` go to ``torch.compile``.
+    of ``y0`` never recompiles.  ``backend``, ``mode`` and ``options`` go to
+    ``torch.compile``; ``cpp_wrapper``: see :class:`CompiledODE`.
     """
     module = ODEModule(f, **solve_options)
-    return CompiledODE(module, dynamic=dynamic, backend=backend, mode=mode, options=options)
+    return CompiledODE(module, dynamic=dynamic, backend=backend, mode=mode, options=options, cpp_wrapper=cpp_wrapper)
