@@ -54,6 +54,10 @@ class PreparedSolve:
 
     def run(self, y0: Tensor, problem: Problem | None = None) -> tuple[Tensor, LoopResult]:
         P = problem or self.problem
+        if self.loop == "while" and torch.is_grad_enabled() and not y0.requires_grad:
+            # torch.while_loop (2.13) only differentiates carries whose start value requires
+            # grad: without this, gradients reaching f's parameters through the loop are wrong.
+            y0 = y0.detach().requires_grad_(True)
         if self.grid is not None:
             loop_fn = fixed_while if self.loop == "while" else fixed_eager
             width = y0.shape[-1]

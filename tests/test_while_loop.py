@@ -1,0 +1,25 @@
+"""The while_loop path (what compile and export use) must give eager gradients too:
+torch.while_loop only differentiates carries whose start value requires grad."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import odeserve
+
+
+@pytest.mark.parametrize("solver,kw", [("rk4", {"steps": 5}), ("dopri5", {"rtol": 1e-8, "atol": 1e-10})])
+def test_parameter_gradients_through_while_loop_equal_python_loop(solver, kw):
+    torch.manual_seed(0)
+    f = nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 2)).double()
+    y0 = torch.randn(3, 2, dtype=torch.float64)  # does not require grad
+    t = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)
+    grads = []
+    for loop in ("python", "while"):
+        f.zero_grad()
+        odeserve.solve(lambda t, y: f(y), y0, t, solver=solver, loop=loop, **kw).ys.pow(2).sum().backward()
+        grads.append(torch.cat([p.grad.reshape(-1) for p in f.parameters()]))
+    assert grads[0].abs().max() > 1e-3
+    assert torch.allclose(grads[0], grads[1], rtol=1e-10, atol=1e-12)
