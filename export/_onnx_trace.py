@@ -56,6 +56,7 @@ class SolveGraph(nn.Module):
         super().__init__()
         if isinstance(f, nn.Module):
             self.f = f  # registers the weights, which the exporter stores in the file
+        self.__dict__["fn"] = f
         self.__dict__["prepared"] = prepared
         self.n_states = len(prepared.spec.shapes)
         self.time_inputs = time_inputs
@@ -67,13 +68,14 @@ class SolveGraph(nn.Module):
         p = self.prepared
         states, rest = inputs[: self.n_states], inputs[self.n_states:]
         spec = p.spec
-        y = spec.flatten(states if spec.is_tuple else states[0], states[0].shape[0])
+        rows = states[0].shape[0]
+        y = spec.flatten(states if spec.is_tuple else states[0], rows)
+        P = dataclasses.replace(p.problem, rhs=traceable_rhs(self.fn, spec, y.new_ones(rows)))
         times = p.t
         if self.time_inputs is not None:
             times = torch.stack([rest[0].reshape(()), rest[1].reshape(())]) if self.time_inputs == "span" else rest[0]
             # Copies, not views: the loop body may not capture aliasing tensors.
-            P = dataclasses.replace(p.problem, t0=times[0].clone(), t1=times[-1].clone(),
-                                    t_interior=times[1:-1].clone())
+            P = dataclasses.replace(P, t0=times[0].clone(), t1=times[-1].clone(), t_interior=times[1:-1].clone())
             grid = p.grid
             if grid is not None:
                 # Same per-interval step counts as the example's grid, on the given times.
@@ -81,7 +83,8 @@ class SolveGraph(nn.Module):
                 a = times.index_select(0, self.grid_index)
                 b = times.index_select(0, self.grid_index + 1)
                 grid = FixedGrid(torch.cat([a + (b - a) * self.grid_frac, times[-1:]]), grid.slot)
-            p = dataclasses.replace(p, problem=P, grid=grid)
+            p = dataclasses.replace(p, grid=grid)
+        p = dataclasses.replace(p, problem=P)
         ys, res = p.run(y)
         if p.adaptive:
             # Outputs past the time a failed sample reached are NaN, as in odeserve.solve.
@@ -268,7 +271,45 @@ def optimize_safely(model: Any) -> Any:
         common.NameFixPass(),
     )
     passes(ir_model)
-    return ir.serde.serialize_model(ir_model)
+    model = ir.serde.serialize_model(ir_model)
+    _drop_multiply_by_one(model)
+    return model
+
+
+def _drop_multiply_by_one(model: Any) -> None:
+    """Remove ``Mul(x, c)`` with ``c`` a 0-d constant exactly 1 (``torch.addcmul``'s default
+    ``value=1`` becomes one such multiply per stage sum).  Exact comparison only; the output
+    is renamed to ``x`` in its graph and nested subgraphs, unless it is a graph output."""
+    from onnx import numpy_helper
+
+    ones = {i.name for i in model.graph.initializer
+            if not i.dims and numpy_helper.to_array(i).dtype.kind == "f" and float(numpy_helper.to_array(i)) == 1.0}
+
+    def rename(graph: Any, old: str, new: str) -> None:
+        for node in graph.node:
+            node.input[:] = [new if i == old else i for i in node.input]
+            for attr in node.attribute:
+                if attr.HasField("g"):
+                    rename(attr.g, old, new)
+
+    def visit(graph: Any) -> None:
+        outputs = {o.name for o in graph.output}
+        keep = []
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.HasField("g"):
+                    visit(attr.g)
+            if node.op_type == "Mul" and node.output[0] not in outputs and len(node.input) == 2:
+                a, b = node.input
+                other = b if a in ones else a if b in ones else None
+                if other is not None:
+                    rename(graph, node.output[0], other)
+                    continue
+            keep.append(node)
+        del graph.node[:]
+        graph.node.extend(keep)
+
+    visit(model.graph)
 
 
 @contextlib.contextmanager
@@ -356,19 +397,20 @@ def set_metadata(model: Any, meta: dict[str, Any]) -> None:
     onnx.helper.set_model_props(model, {**{p.key: p.value for p in keep}, **stringify(meta)})
 
 
-def traceable_rhs(f: Any, spec: Any) -> Callable[[Tensor, Tensor], Tensor]:
+def traceable_rhs(f: Any, spec: Any, ones: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
     """The per-sample ``rhs(t, y_flat)`` of :func:`odeserve._api.make_rhs` without its Python
-    branch on sizes, and with no reshape where the state already is ``(rows, D)``: every op
-    here is repeated per f evaluation inside the graph.  ``t`` arrives 0-d (fixed-step loop)
-    or ``(rows, 1)`` (adaptive loop); its rank is static, so the branch below is too."""
+    branch on sizes, and lean, since every op here repeats per f evaluation inside the graph:
+    no reshape where the state already is ``(rows, D)``, and a 0-d ``t`` (fixed-step loop)
+    broadcast by one multiply with ``ones`` (``(rows,)``, made once outside the loop) instead
+    of a shape computation and an expand.  ``t`` is 0-d or ``(rows, 1)`` (adaptive loop); its
+    rank is static, so the branch below is too."""
     flat = not spec.is_tuple and len(spec.tails[0]) == 1
 
     def rhs(t: Tensor, y: Tensor) -> Tensor:
-        rows = y.shape[0]
-        tt = t.expand(rows) if t.ndim == 0 else t.reshape(rows)
+        tt = t * ones if t.ndim == 0 else t.reshape(ones.shape)
         if flat:
             return f(tt, y)
-        return spec.flatten(f(tt, spec.unflatten(y)), rows)
+        return spec.flatten(f(tt, spec.unflatten(y)), y.shape[0])
 
     return rhs
 

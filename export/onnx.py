@@ -22,7 +22,6 @@ silently; an operation ONNX cannot express raises :class:`UnsupportedOpError` na
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import re
 import time
@@ -60,7 +59,6 @@ from ._onnx_trace import (
     locate_op,
     set_metadata,
     strip_metadata,
-    traceable_rhs,
 )
 from ._ort import OnnxModel, TensorSpec
 from ._steps import AutoSteps, calibration_inputs, choose_steps
@@ -242,8 +240,6 @@ def to_onnx(
 
         prepared = prepare(f, example, times, batch="per_sample", loop="while" if mode == "loop" else "python",
                            **options)
-        prepared = dataclasses.replace(
-            prepared, problem=dataclasses.replace(prepared.problem, rhs=traceable_rhs(f, prepared.spec)))
         names = _Names.make(len(_comps(example)), state_names, plan.time_inputs, plan.final, plan.adaptive)
         t_trace = time.perf_counter()
         proto, exporter = _trace(plan, prepared, names, dynamic_batch, opset)

@@ -127,19 +127,37 @@ class RhsVJP:
     """``f(t, z)``, ``aᵀ∂f/∂z`` and ``aᵀ∂f/∂θ`` from one VJP of ``f``.
 
     When every differentiated tensor belongs to ``f`` (an ``nn.Module``) the VJP is
-    ``torch.func.vjp`` over ``torch.func.functional_call``; tensors ``f`` only closes over
-    (listed in ``adjoint_params``) cannot be substituted, so then the VJP is one
-    ``torch.autograd.grad`` through a fresh graph of ``f``.  ``names`` come from
-    :func:`module_names` at forward time.
+    ``torch.func.vjp`` over ``torch.func.functional_call``, which evaluates ``f`` with the
+    tensors saved at forward time whatever ``f`` holds now (e.g. after a ``functional_call``
+    around the solve has returned).  When ``f`` still holds exactly those tensors, unchanged
+    (the usual training step), the same VJP is one ``torch.autograd.grad`` through a fresh
+    graph of ``f``: identical numbers, without the transform's cost (1.5-1.8x per call on
+    small MLPs, bench/results/grad.md).  Tensors ``f`` only closes over (listed in
+    ``adjoint_params``) cannot be substituted, so then the VJP is always the autograd one.
+    ``names`` come from :func:`module_names` at forward time.
     """
 
     def __init__(self, prepared: PreparedSolve, names: Sequence[str] | None, params: Sequence[Tensor]) -> None:
         self.prepared = prepared
         self.params = tuple(params)
         self.names = names
+        self.live: bool | None = None
+
+    def _f_holds_params(self) -> bool:
+        """Whether ``f`` holds the saved tensors themselves (not functorch-wrapped stand-ins).
+        In-place changes since the forward pass are refused by autograd's saved-tensor check."""
+        f = self.prepared.f
+        if self.names is None or not isinstance(f, nn.Module):
+            return False
+        if any(torch._C._functorch.is_functorch_wrapped_tensor(p) for p in self.params):
+            return False
+        held = dict(f.named_parameters(remove_duplicate=False)) | dict(f.named_buffers(remove_duplicate=False))
+        return all(held.get(n) is p for n, p in zip(self.names, self.params))
 
     def __call__(self, t: Tensor, z: Tensor, a: Tensor) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
-        if self.names is not None:
+        if self.live is None:
+            self.live = self._f_holds_params()
+        if self.names is not None and not self.live:
             names = self.names
 
             def f_flat(z: Tensor, values: tuple[Tensor, ...]) -> Tensor:

@@ -83,7 +83,10 @@ def tangent_solve(
     def rhs(t: Tensor, s: Tensor) -> Tensor:
         n = s.shape[0]  # per-sample solves drop finished rows
         z = s[:, :width]
-        tangents = s[:, width:].reshape(n, n_dir, width).transpose(0, 1)
+        # A copy, not a view into the state: torch.func.jvp under vmap would otherwise give
+        # every tangent the whole state's storage, zero-filling n_dir x state-size per
+        # evaluation (10.9 GB, ~10 s at MLP 2/64 with 4,610 directions; 1.2 s with the copy).
+        tangents = s[:, width:].reshape(n, n_dir, width).transpose(0, 1).clone(memory_format=torch.contiguous_format)
 
         def one(dz: Tensor, *dp: Tensor) -> tuple[Tensor, Tensor]:
             return torch.func.jvp(lambda z_, *p_: f_flat(t, z_, *p_), (z, *(params[k] for k in moving)), (dz, *dp))
