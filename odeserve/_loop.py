@@ -76,6 +76,7 @@ class LoopResult(NamedTuple):
     rejected: Tensor
     batched_calls: int | Tensor
     evals: Tensor  # per-sample f evaluations (after the initial ones)
+    dt: Tensor | None = None  # adaptive: the step size the controller proposed last
 
 
 # --------------------------------------------------------------------------- adaptive
@@ -271,7 +272,8 @@ def adaptive_eager(P: Problem, y0: Tensor, compact: bool = True, f0: Tensor | No
     if per_row_compact:
         st = final
     extra = dense_calls[0] * P.solver.interpolation_evals
-    return LoopResult(st.t, st.ys, st.y, st.status, st.accepted, st.rejected, batched + extra, evals + extra)
+    return LoopResult(st.t, st.ys, st.y, st.status, st.accepted, st.rejected, batched + extra, evals + extra,
+                      st.dt)
 
 
 def _scatter(dst: AdaptiveState, idx: Tensor, src: AdaptiveState) -> AdaptiveState:
@@ -310,7 +312,7 @@ def adaptive_while(P: Problem, y0: Tensor) -> LoopResult:
     i, st = out[0], AdaptiveState(*out[1:])
     eps = P.solver.evals_per_step + (P.solver.interpolation_evals if P.t_interior.shape[0] > 0 else 0)
     return LoopResult(st.t, st.ys, st.y, st.status, st.accepted, st.rejected, init_evals + eps * i,
-                      init_evals + eps * (st.accepted + st.rejected))
+                      init_evals + eps * (st.accepted + st.rejected), st.dt)
 
 
 # --------------------------------------------------------------------------- fixed step
@@ -328,17 +330,22 @@ class FixedGrid:
         return len(self.slot)
 
 
+_TIME_CHUNK = 256
+
+
 def fixed_eager(P: Problem, grid: FixedGrid, y0: Tensor) -> tuple[Tensor, Tensor]:
     """Python-driven fixed steps (also what the unrolled ONNX graph traces).
     Returns the interior outputs ``(T_int, rows, D)`` and the final state."""
-    ts = grid.times.unbind(0)
-    dts = torch.diff(grid.times).unbind(0)
     y = y0
     outs: list[Tensor] = []
-    for i in range(grid.steps):
-        y = P.solver.step(P.rhs, ts[i], y, dts[i], None).y
-        if grid.slot[i] >= 0:
-            outs.append(y)
+    # The step times as 0-d views, made a chunk at a time (one unbind is cheaper than an
+    # index per step; chunks keep the ~1 KB per view from growing with the step count).
+    for start in range(0, grid.steps, _TIME_CHUNK):
+        seg = grid.times[start : start + _TIME_CHUNK + 1]
+        for i, (t, dt) in enumerate(zip(seg.unbind(0), torch.diff(seg).unbind(0)), start):
+            y = P.solver.step(P.rhs, t, y, dt, None).y
+            if grid.slot[i] >= 0:
+                outs.append(y)
     ys = torch.stack(outs) if outs else y0.new_zeros((0,) + tuple(y0.shape))
     return ys, y
 

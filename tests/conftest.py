@@ -1,5 +1,6 @@
-"""Shared fixtures: a fresh plugin registry per test, and a wall-clock limit for solves that
-must end quickly (a hang is a failure, not a stuck CI job)."""
+"""Shared fixtures: one intra-op thread for the whole run, a fresh plugin registry per test,
+and a wall-clock limit for solves that must end quickly (a hang is a failure, not a stuck CI
+job)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,19 @@ import threading
 from typing import Iterator
 
 import pytest
+import torch
 
 import odeserve
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread() -> Iterator[None]:
+    """The test problems are tiny: more intra-op threads only add contention (and, on a
+    busy 2-core CI machine, OpenMP spin-waiting that slows small ops many times over)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture

@@ -23,14 +23,6 @@ DT = torch.float64
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 class MLP(nn.Module):
     def __init__(self, dim: int, hidden: int = 16, seed: int = 0, dtype: torch.dtype = DT) -> None:
         super().__init__()

@@ -43,3 +43,41 @@ def test_demo_refuses_an_unwritable_out_before_training(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "cannot write to --out" in proc.stderr
     assert "training" not in proc.stdout
+
+
+def test_interrupted_save_leaves_the_old_file_and_no_temporary(tmp_path: Path) -> None:
+    from odeserve.demo import _atomic_save
+
+    target = tmp_path / "model.pt"
+    target.write_bytes(b"the previous model")
+
+    def write_then_interrupt(p: Path) -> None:
+        p.write_bytes(b"half a mod")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _atomic_save(write_then_interrupt, target)
+    assert target.read_bytes() == b"the previous model"
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["model.pt"]
+
+
+def test_ctrl_c_during_training_exits_130_and_leaves_no_model_file(tmp_path: Path) -> None:
+    import signal
+
+    out = tmp_path / "demo"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "odeserve", "demo", "--quick", "--epochs", "100000", "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert "training" in line, line
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted" in err
+    assert list(out.iterdir()) == [], "an interrupted demo left files behind"

@@ -16,14 +16,6 @@ from odeserve.plugins.solvers import TABLEAUS, ReversibleHeun
 DT = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 class Field(nn.Module):
     def __init__(self, seed: int = 0) -> None:
         super().__init__()

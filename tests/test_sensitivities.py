@@ -28,15 +28,6 @@ TIGHT = {"rtol": 1e-10, "atol": 1e-10}
 SOLVERS = ["dopri5", "rk4", "reversible_heun"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These problems are tiny: intra-op threads only add contention on a shared machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 class MLP(nn.Module):
     """The article's field: an MLP on ``concat(t, z)``."""
 

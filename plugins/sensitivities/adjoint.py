@@ -117,13 +117,14 @@ class AdjointVJP(Sensitivity):
             back = SeminormProblem.of(back, 2 * rows * width if not layout.per_sample else 2 * width)
         points = output_grid_points(prepared.grid) if fixed else []
         a, a_theta = g[-1], ys.new_zeros(layout.n_params)
+        dt0 = None  # each segment after the first starts from the step its predecessor proposed
         for i in range(T - 1, 0, -1):
             grid = None
             if fixed:
                 assert prepared.grid is not None
                 seg = prepared.grid.times[points[i - 1] : points[i] + 1].flip(0)
                 grid = FixedGrid(seg, [-1] * (seg.shape[0] - 1))
-            seg_problem = dataclasses.replace(back, t0=prepared.t[i], t1=prepared.t[i - 1])
+            seg_problem = dataclasses.replace(back, t0=prepared.t[i], t1=prepared.t[i - 1], dt0=dt0)
             segment = dataclasses.replace(prepared, problem=seg_problem, grid=grid, loop="python")
             out, res = segment.run(layout.join(ys[i], a, a_theta))
             if not bool((res.status == 0).all()):
@@ -133,6 +134,9 @@ class AdjointVJP(Sensitivity):
                     f"failed (status {codes}); loosen adjoint_rtol/adjoint_atol, raise max_steps or try seminorm=True",
                     None,
                 )
+            if not fixed and res.dt is not None:
+                h = res.dt.detach().abs().min()
+                dt0 = h if bool(torch.isfinite(h) & (h > 0)) else None
             _, a, a_theta = layout.split(out[-1])
             a = a + g[i - 1]
         pieces = torch.split(a_theta, [p.numel() for p in params])
