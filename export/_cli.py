@@ -78,13 +78,31 @@ def cmd_export(args: argparse.Namespace) -> int:
     steps: Any = None
     if args.steps is not None:
         steps = "auto" if args.steps == "auto" else int(args.steps)
-    result = to_onnx(
-        model, example, args.output, solver=args.solver, t0=args.t0, t1=args.t1, steps=steps,
-        rtol=args.rtol, atol=args.atol, output_times=_floats(args.output_times), mode=args.mode,
-        dynamic_batch=not args.static_batch, dynamic_times=args.dynamic_times, dtype=dtype, opset=args.opset,
+    common: dict[str, Any] = dict(
+        solver=args.solver, t0=args.t0, t1=args.t1, steps=steps, rtol=args.rtol, atol=args.atol,
+        output_times=_floats(args.output_times), dynamic_times=args.dynamic_times, dtype=dtype,
         max_steps=args.max_steps, parity_tol=args.parity_tol,
         parity_batches=[int(b) for b in args.parity_batches.split(",") if b],
     )
+    fmt = getattr(args, "format", "onnx")
+    if fmt == "onnx":
+        result: Any = to_onnx(model, example, args.output, mode=args.mode or "loop", opset=args.opset or 20,
+                              dynamic_batch=not args.static_batch, **common)
+    else:
+        from odeserve.errors import InvalidOptionError
+        from odeserve.export import to_aoti, to_exported_program, to_torchscript
+
+        given = [flag for flag, v in (("--mode", args.mode), ("--opset", args.opset)) if v is not None]
+        if given:
+            raise InvalidOptionError(f"{' and '.join(given)} {'apply' if len(given) > 1 else 'applies'} to "
+                                     "--format onnx only")
+        if fmt == "torchscript":
+            if args.static_batch:
+                raise InvalidOptionError("--static-batch: a TorchScript export always takes any batch size")
+            result = to_torchscript(model, example, args.output, **common)
+        else:
+            export = to_exported_program if fmt == "pt2" else to_aoti
+            result = export(model, example, args.output, dynamic_batch=not args.static_batch, **common)
     print(f"wrote {result.path} ({result.size_bytes / 1024:.1f} KiB) in {result.export_seconds:.1f} s")
     if result.auto_steps is not None:
         print(f"steps='auto' chose {result.steps} steps (error {result.auto_steps.error:.3g}× the tolerance)")
@@ -93,8 +111,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    import zipfile
+
     from odeserve.export import OnnxModel
 
+    if Path(args.model).is_file() and zipfile.is_zipfile(args.model):
+        return _inspect_archive(args)
     model = OnnxModel(args.model, providers="CPUExecutionProvider")
     if args.json:
         print(json.dumps({"metadata": model.metadata, "inputs": [str(s) for s in model.inputs],
@@ -105,6 +127,28 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     for k in sorted(model.metadata):
         print(f"  {k.ljust(width)}  {model.metadata[k]}")
     print(model.signature())
+    return 0
+
+
+def _inspect_archive(args: argparse.Namespace) -> int:
+    """A TorchScript or PT2 file: its metadata (read from the archive, no weights loaded)
+    and the signature it records."""
+    from odeserve.export import read_artifact_metadata
+
+    meta = read_artifact_metadata(args.model)
+    if args.json:
+        print(json.dumps({"metadata": meta}, indent=1))
+        return 0
+    print(f"{args.model}")
+    width = max(len(k) for k in meta)
+    for k in sorted(meta):
+        print(f"  {k.ljust(width)}  {meta[k]}")
+    batch = "batch" if meta.get("dynamic_batch") == "true" else meta.get("batch", "?")
+    tails = json.loads(meta.get("state_shapes", "[]"))
+    ins = [f"{n}: {meta.get('dtype')}[{', '.join(map(str, [batch] + t))}]"
+           for n, t in zip(json.loads(meta.get("state_inputs", "[]")), tails)]
+    ins += json.loads(meta.get("time_inputs", "[]"))
+    print(f"forward({', '.join(ins)}) -> ({', '.join(json.loads(meta.get('outputs', '[]')))})")
     return 0
 
 

@@ -82,12 +82,18 @@ def _deferred(name: str):  # type: ignore[no-untyped-def]
 
 def _add_export_commands(sub) -> None:  # type: ignore[no-untyped-def]
     p = sub.add_parser(
-        "export", help="export a saved model's solve to ONNX (parity-checked against the eager solve)",
+        "export", help="export a saved model's solve to ONNX, TorchScript, torch.export or AOTInductor "
+        "(parity-checked against the eager solve)",
         description="Build the model with FACTORY (package.module:make_model), load --weights (a torch.save'd "
-        "state dict, read with weights_only=True), export the solve to --output and check it in ONNX Runtime.",
+        "state dict, read with weights_only=True), export the solve to --output in --format and check the written "
+        "file against the eager solve (ONNX Runtime for onnx; torch.jit.load, torch.export.load or the "
+        "AOTInductor loader for the others). Formats: onnx (.onnx, ONNX Runtime), torchscript (.pt, torch.jit.load "
+        "/ LibTorch), pt2 (.pt2, torch.export.load), aoti (.pt2, AOTInductor package; compiling takes minutes).",
     )
     p.add_argument("factory", help="package.module:callable returning the nn.Module f(t, y)")
-    p.add_argument("-o", "--output", required=True, help="the .onnx file to write")
+    p.add_argument("-o", "--output", required=True, help="the file to write (.onnx, .pt or .pt2)")
+    p.add_argument("--format", choices=("onnx", "torchscript", "pt2", "aoti"), default="onnx",
+                   help="artifact format (default onnx)")
     p.add_argument("--weights", help="state dict saved with torch.save(model.state_dict(), path)")
     p.add_argument("--factory-kwargs", help="JSON object of keyword arguments for the factory")
     ex = p.add_mutually_exclusive_group(required=True)
@@ -101,22 +107,24 @@ def _add_export_commands(sub) -> None:  # type: ignore[no-untyped-def]
     p.add_argument("--t0", type=float)
     p.add_argument("--t1", type=float)
     p.add_argument("--output-times", help="comma-separated output times (first and last are the span)")
-    p.add_argument("--mode", choices=("loop", "unrolled"), default="loop")
+    p.add_argument("--mode", choices=("loop", "unrolled"),
+                   help="onnx only: one ONNX Loop (default) or the unrolled steps")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    p.add_argument("--opset", type=int, default=20)
+    p.add_argument("--opset", type=int, help="onnx only: ONNX opset (default 20)")
     p.add_argument("--max-steps", type=int, default=10_000)
     p.add_argument("--dynamic-times", action="store_true", help="time span / output times as graph inputs")
-    p.add_argument("--static-batch", action="store_true", help="fix the batch size to the example's")
+    p.add_argument("--static-batch", action="store_true",
+                   help="fix the batch size to the example's (onnx, pt2, aoti; TorchScript is always dynamic)")
     p.add_argument("--parity-tol", type=float)
     p.add_argument("--parity-batches", default="1,7,256", help="batch sizes of the parity check (default 1,7,256)")
     p.set_defaults(func=_deferred("cmd_export"))
 
-    p = sub.add_parser("inspect", help="print an exported model's metadata and input/output signature")
+    p = sub.add_parser("inspect", help="print an exported model's metadata (.onnx, .pt, .pt2) and signature")
     p.add_argument("model")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_deferred("cmd_inspect"))
 
-    p = sub.add_parser("run", help="run an exported model on a .npy/.npz batch in ONNX Runtime")
+    p = sub.add_parser("run", help="run an exported ONNX model on a .npy/.npz batch in ONNX Runtime")
     p.add_argument("model")
     p.add_argument("--input", required=True, help=".npy (one state tensor) or .npz (tuple state, in order)")
     p.add_argument("--output", help="write the result: .npy (the state) or .npz (every output)")
@@ -127,7 +135,7 @@ def _add_export_commands(sub) -> None:  # type: ignore[no-untyped-def]
     p.add_argument("--providers", default="auto")
     p.set_defaults(func=_deferred("cmd_run"))
 
-    p = sub.add_parser("bench", help="time an exported model in ONNX Runtime")
+    p = sub.add_parser("bench", help="time an exported ONNX model in ONNX Runtime")
     p.add_argument("model")
     p.add_argument("--batch", type=int, nargs="+", default=[1, 256])
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])

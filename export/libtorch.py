@@ -1,0 +1,666 @@
+"""PyTorch-native artifacts of a whole solve, gated on parity with the eager solve.
+
+Three formats, one prepared solve (:class:`odeserve.export._onnx_trace.SolveGraph`, the
+module the ONNX exporter traces too), so every artifact has the same signature:
+``(*states[, t0, t1 | t]) -> (*state outputs, status[, n_steps])``, any batch size.
+
+* :func:`to_torchscript` — a TorchScript file for ``torch.jit.load`` and LibTorch's
+  ``torch::jit::load`` (``examples/libtorch``).  Fixed-step solvers are traced step by step
+  (``loop="python"``, unrolled: exact, and the fastest TorchScript at a few hundred steps,
+  but the graph, its load time and first call grow with the step count).  Adaptive solvers
+  keep their loop: the step is traced and a scripted ``while`` drives it
+  (:mod:`odeserve.export._script_loop`).  TorchScript is deprecated upstream; the torch
+  warnings are caught and replaced by one :class:`TorchScriptDeprecationWarning`.
+* :func:`to_exported_program` — ``torch.export`` of the ``loop="while"`` solve (one
+  ``torch.while_loop``: graph size independent of the step count, fixed or adaptive),
+  saved with ``torch.export.save`` (a ``.pt2`` for ``torch.export.load``).
+* :func:`to_aoti` — the same exported program compiled ahead of time by AOTInductor into a
+  ``.pt2`` package of C++/shared-library code (:func:`load_aoti`; minutes to compile).
+
+Each file is written under a temporary name in the target folder, loaded back the way a
+user loads it, and run on the example and on fresh batches (1, 7, 256 by default) against
+the eager ``odeserve.solve``; past the tolerance :class:`ParityError` is raised and nothing
+is left behind.  The metadata (solver, steps or tolerances, span, dtype, parity, versions)
+travels inside the file: ``extra/odeserve.json`` in the archive (TorchScript
+``_extra_files``, ``torch.export.save(extra_files=)``; for AOTInductor also the package's
+own ``aot_inductor.metadata``, which C++ reads with ``get_metadata()``).
+:func:`read_artifact_metadata` reads any of them, and ONNX files, without loading weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import re
+import sys
+import threading
+import time
+import warnings
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+from torch import Tensor
+
+from odeserve._api import PreparedSolve, prepare
+from odeserve.errors import DtypeMismatchError, InvalidOptionError, OdeserveError, ShapeMismatchError
+from odeserve.registry import get_registry
+
+from ._artifact import (
+    DataDependentControlFlowError,
+    ExportError,
+    InvalidArtifactError,
+    ParityError,
+    atomic_output,
+    check_writable,
+    default_tolerance,
+    parity_error,
+    provenance,
+    stringify,
+    unprefixed,
+)
+from ._onnx_trace import _DATA_DEPENDENT, SolveGraph, _chain, check_no_value_branches, grid_plan, user_frame
+from ._steps import AutoSteps, calibration_inputs, choose_steps
+from .onnx import _comps, _eager, _inference, _Names, _parity_inputs, _Plan, _plan
+
+__all__ = [
+    "to_torchscript",
+    "to_exported_program",
+    "to_aoti",
+    "load_aoti",
+    "AotiModel",
+    "ArtifactExport",
+    "read_artifact_metadata",
+    "TorchScriptDeprecationWarning",
+    "FORMATS",
+]
+
+#: The ``format`` each exporter records in its file's metadata.
+FORMATS = {"torchscript": "odeserve-torchscript/1", "pt2": "odeserve-pt2/1", "aoti": "odeserve-aoti/1"}
+METADATA_FILE = "odeserve.json"
+_EXTRA = re.compile(r"[^/]+/extra/" + re.escape(METADATA_FILE))
+
+
+class TorchScriptDeprecationWarning(FutureWarning):
+    """TorchScript (``torch.jit``) is deprecated in PyTorch; the file still works today."""
+
+
+@dataclass(frozen=True)
+class ArtifactExport:
+    """What an exporter wrote: the path, its format (a key of :data:`FORMATS`), the metadata
+    stored in the file, the parity error per checked input, and the cost (``export_seconds``:
+    trace/export/compile; ``metadata["total_seconds"]`` adds the steps search and the gate)."""
+
+    path: Path
+    format: str
+    metadata: dict[str, Any]
+    parity: dict[str, float]
+    export_seconds: float
+    size_bytes: int
+    steps: int | None
+    auto_steps: AutoSteps | None = None
+
+    def load(self) -> Callable[..., Any]:
+        """The artifact loaded the way a user loads it: a ``torch.jit.ScriptModule``, an
+        exported program's ``module()``, or an :class:`AotiModel`."""
+        return _BACKENDS[self.format].load(self.path)
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def to_torchscript(
+    model_or_f: Callable[..., Any],
+    example_y0: Tensor | Sequence[Tensor],
+    path: str | Path,
+    *,
+    solver: str = "rk4",
+    t0: float | None = None,
+    t1: float | None = None,
+    steps: int | str | None = None,
+    rtol: float | None = None,
+    atol: float | None = None,
+    output_times: Sequence[float] | Tensor | None = None,
+    dynamic_times: bool = False,
+    dtype: torch.dtype | None = None,
+    max_steps: int = 10_000,
+    controller: str = "pi",
+    parity_tol: float | None = None,
+    parity_batches: Sequence[int] = (1, 7, 256),
+    calibration: Sequence[Any] | None = None,
+    steps_cap: int = 4096,
+    seed: int = 0,
+) -> ArtifactExport:
+    """Write the solve of ``dy/dt = f(t, y)`` as a TorchScript file (``torch.jit.load``,
+    LibTorch ``torch::jit::load``); any batch size.
+
+    Arguments as :func:`odeserve.export.to_onnx` (``solver``, ``t0``/``t1`` or
+    ``output_times``, ``steps`` — an int or ``"auto"`` — or ``rtol``/``atol`` for adaptive
+    solvers, ``dynamic_times``, ``dtype``, the parity options).  Fixed-step solvers are
+    unrolled: each step is in the graph, so keep ``steps`` to a few hundred (per 100 RK4 steps
+    of a small MLP here: 2–5 s of trace, 1.5 s of load, 1–2.5 s for the first call of each
+    new batch size) or use :func:`to_exported_program` / :func:`to_aoti`.
+    Adaptive solvers keep a real loop (traced step, scripted ``while``), any step count.
+
+    ``forward(*states[, t0, t1 | t])`` returns ``(*states at t1 (or at every output time),
+    status[, n_steps])``; ``status`` is 0 where a sample succeeded (see
+    :class:`odeserve.Status`).  Emits one :class:`TorchScriptDeprecationWarning`.
+    """
+    return _export("torchscript", model_or_f, example_y0, path, dict(
+        solver=solver, t0=t0, t1=t1, steps=steps, rtol=rtol, atol=atol, output_times=output_times,
+        dynamic_batch=True, dynamic_times=dynamic_times, dtype=dtype, max_steps=max_steps, controller=controller,
+        parity_tol=parity_tol, parity_batches=parity_batches, calibration=calibration, steps_cap=steps_cap,
+        seed=seed, progress=False,
+    ))
+
+
+def to_exported_program(
+    model_or_f: Callable[..., Any],
+    example_y0: Tensor | Sequence[Tensor],
+    path: str | Path,
+    *,
+    solver: str = "rk4",
+    t0: float | None = None,
+    t1: float | None = None,
+    steps: int | str | None = None,
+    rtol: float | None = None,
+    atol: float | None = None,
+    output_times: Sequence[float] | Tensor | None = None,
+    dynamic_batch: bool = True,
+    dynamic_times: bool = False,
+    dtype: torch.dtype | None = None,
+    max_steps: int = 10_000,
+    controller: str = "pi",
+    parity_tol: float | None = None,
+    parity_batches: Sequence[int] = (1, 7, 256),
+    calibration: Sequence[Any] | None = None,
+    steps_cap: int = 4096,
+    seed: int = 0,
+) -> ArtifactExport:
+    """Write the solve as a ``torch.export`` program (``.pt2``; load with
+    ``torch.export.load(path).module()``).
+
+    The loop is one ``torch.while_loop`` for every solver (the ``loop="while"`` solve that
+    ``compile_solve`` compiles), so size and export time do not grow with the step count
+    (tens of seconds for an adaptive solver here).  ``dynamic_batch``: the batch axis is a
+    ``torch.export.Dim`` with minimum 1 (the metadata's ``batch_min`` says if PyTorch had to
+    raise it to 2; then batch 1 is refused by the program's input check).  Other arguments
+    and the outputs as :func:`to_torchscript`.  ``path`` must end in ``.pt2``.
+    """
+    return _export("pt2", model_or_f, example_y0, path, dict(
+        solver=solver, t0=t0, t1=t1, steps=steps, rtol=rtol, atol=atol, output_times=output_times,
+        dynamic_batch=dynamic_batch, dynamic_times=dynamic_times, dtype=dtype, max_steps=max_steps,
+        controller=controller, parity_tol=parity_tol, parity_batches=parity_batches, calibration=calibration,
+        steps_cap=steps_cap, seed=seed, progress=False,
+    ))
+
+
+def to_aoti(
+    model_or_f: Callable[..., Any],
+    example_y0: Tensor | Sequence[Tensor],
+    path: str | Path,
+    *,
+    solver: str = "rk4",
+    t0: float | None = None,
+    t1: float | None = None,
+    steps: int | str | None = None,
+    rtol: float | None = None,
+    atol: float | None = None,
+    output_times: Sequence[float] | Tensor | None = None,
+    dynamic_batch: bool = True,
+    dynamic_times: bool = False,
+    dtype: torch.dtype | None = None,
+    max_steps: int = 10_000,
+    controller: str = "pi",
+    parity_tol: float | None = None,
+    parity_batches: Sequence[int] = (1, 7, 256),
+    calibration: Sequence[Any] | None = None,
+    steps_cap: int = 4096,
+    seed: int = 0,
+    progress: bool = True,
+) -> ArtifactExport:
+    """Compile the exported program of :func:`to_exported_program` with AOTInductor into a
+    ``.pt2`` package (``torch._inductor.aoti_compile_and_package``): generated C++ and a
+    shared library, run without Python by LibTorch's ``AOTIModelPackageLoader`` or from
+    Python by :func:`load_aoti`.  Compiling takes a minute or more (40–50 s for RK4 100 steps
+    or dopri5 with a 2/64 MLP on 2 cores here; the loop is one ``torch.while_loop``, so the
+    step count does not add to it); ``progress`` prints the elapsed time to stderr meanwhile.
+    The package runs on the CPU type (instruction set) it was compiled on.  ``path`` must
+    end in ``.pt2``; arguments and outputs as :func:`to_exported_program`.
+    """
+    return _export("aoti", model_or_f, example_y0, path, dict(
+        solver=solver, t0=t0, t1=t1, steps=steps, rtol=rtol, atol=atol, output_times=output_times,
+        dynamic_batch=dynamic_batch, dynamic_times=dynamic_times, dtype=dtype, max_steps=max_steps,
+        controller=controller, parity_tol=parity_tol, parity_batches=parity_batches, calibration=calibration,
+        steps_cap=steps_cap, seed=seed, progress=progress,
+    ))
+
+
+class AotiModel:
+    """An AOTInductor package written by :func:`to_aoti`, loaded: ``model(*states[, times])``
+    returns the tuple of outputs.  Inputs are checked against the metadata first (count,
+    dtype, per-sample shape, batch size), since the compiled code trusts its inputs."""
+
+    def __init__(self, path: str | Path, *, run_single_threaded: bool = False) -> None:
+        self.path = Path(path)
+        self.metadata = read_artifact_metadata(self.path)
+        if self.metadata.get("format") != FORMATS["aoti"]:
+            raise InvalidArtifactError(
+                f"{str(path)!r} is a {self.metadata.get('format', 'non-odeserve')} file, not an odeserve AOTInductor "
+                "package (to_aoti)"
+            )
+        self.dtype = getattr(torch, self.metadata["dtype"])
+        self.state_shapes = [tuple(s) for s in json.loads(self.metadata["state_shapes"])]
+        self.n_times = len(json.loads(self.metadata.get("time_inputs", "[]")))
+        self.batch_min = int(self.metadata.get("batch_min", "1"))
+        self.batch = None if self.metadata.get("dynamic_batch") == "true" else int(self.metadata["batch"])
+        with _quiet():
+            self._model = torch._inductor.aoti_load_package(str(self.path), run_single_threaded=run_single_threaded)
+
+    def __call__(self, *inputs: Tensor) -> tuple[Tensor, ...]:
+        n = len(self.state_shapes)
+        if len(inputs) != n + self.n_times:
+            raise ShapeMismatchError(f"{self.path.name} takes {n} state tensor(s) and {self.n_times} time input(s), "
+                                     f"got {len(inputs)} inputs")
+        for i, (x, tail) in enumerate(zip(inputs, self.state_shapes + [None] * self.n_times)):
+            if not isinstance(x, Tensor) or x.dtype != self.dtype:
+                raise DtypeMismatchError(f"input {i} must be a {self.dtype} tensor, got "
+                                         f"{x.dtype if isinstance(x, Tensor) else type(x).__name__}")
+            if tail is not None and (x.ndim != len(tail) + 1 or tuple(x.shape[1:]) != tail):
+                raise ShapeMismatchError(f"state input {i} must be (batch, {', '.join(map(str, tail))}), "
+                                         f"got {tuple(x.shape)}")
+        rows = inputs[0].shape[0]
+        if rows < self.batch_min or (self.batch is not None and rows != self.batch):
+            allowed = f"exactly {self.batch}" if self.batch is not None else f"at least {self.batch_min}"
+            raise ShapeMismatchError(f"{self.path.name} takes a batch of {allowed}, got {rows}")
+        return tuple(self._model(*inputs))
+
+
+def load_aoti(path: str | Path, *, run_single_threaded: bool = False) -> AotiModel:
+    """Load a package written by :func:`to_aoti` (see :class:`AotiModel`)."""
+    return AotiModel(path, run_single_threaded=run_single_threaded)
+
+
+def read_artifact_metadata(path: str | Path) -> dict[str, str]:
+    """The odeserve metadata of any exported file — TorchScript ``.pt``, exported program or
+    AOTInductor ``.pt2``, ONNX — as strings, without loading the model."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"no such file: {str(p)!r}")
+    if not zipfile.is_zipfile(p):
+        from .onnx import read_metadata
+
+        return read_metadata(p)
+    try:
+        with zipfile.ZipFile(p) as z:
+            names = z.namelist()
+            extra = [n for n in names if _EXTRA.fullmatch(n)]
+            if extra:
+                meta = unprefixed(json.loads(z.read(extra[0])))
+                if meta:
+                    return meta
+            for n in names:  # an AOTInductor package without the extra file: its compiled-in metadata
+                if "/aotinductor/" in n and n.endswith("wrapper_metadata.json"):
+                    meta = unprefixed(json.loads(z.read(n)))
+                    if meta:
+                        return meta
+    except (zipfile.BadZipFile, json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
+        raise InvalidArtifactError(f"{str(p)!r} is not a readable PyTorch archive: {type(e).__name__}: {e}") from None
+    raise InvalidArtifactError(f"{str(p)!r} is a PyTorch archive without odeserve metadata (not written by "
+                               "odeserve.export)")
+
+
+# --------------------------------------------------------------------------- the shared flow
+
+
+def _export(fmt: str, model_or_f: Any, example_y0: Any, path: str | Path, o: dict[str, Any]) -> ArtifactExport:
+    t_start = time.perf_counter()
+    backend = _BACKENDS[fmt]
+    path = check_writable(path)  # before the slow part
+    if backend.suffix == ".pt2" and path.suffix != ".pt2":
+        raise InvalidOptionError(
+            f"{backend.label} files must end in .pt2 (PyTorch's loaders check it); got {str(path)!r}")
+    adaptive = bool(get_registry().solver(o["solver"]).adaptive)
+    # TorchScript unrolls fixed steps (one trace through the Python loop); everything else loops.
+    mode = "unrolled" if fmt == "torchscript" and not adaptive else "loop"
+    plan = _plan(model_or_f, example_y0, solver=o["solver"], t0=o["t0"], t1=o["t1"], steps=o["steps"], rtol=o["rtol"],
+                 atol=o["atol"], output_times=o["output_times"], mode=mode, dtype=o["dtype"], opset=20,
+                 dynamic_times=o["dynamic_times"])
+    f, example, times = plan.f, plan.example, plan.times
+    with _inference(f):
+        check_no_value_branches(f, example, times[0])  # seconds, before minutes of export
+        auto: AutoSteps | None = None
+        if plan.steps == "auto":
+            auto = choose_steps(f, calibration_inputs(example, o["calibration"]), times, solver=plan.solver,
+                                rtol=1e-6 if o["rtol"] is None else o["rtol"],
+                                atol=0.0 if o["atol"] is None else o["atol"], cap=o["steps_cap"])
+        options: dict[str, Any] = dict(solver=plan.solver, max_steps=o["max_steps"])
+        if adaptive:
+            options.update(rtol=plan.rtol, atol=plan.atol, controller=o["controller"])
+        else:
+            options.update(steps=auto.steps if auto is not None else plan.steps)
+        want_example = _eager(f, example, times, options)  # before tracing: f's own state stays eager
+        prepared = prepare(f, example, times, batch="per_sample", loop="python" if mode == "unrolled" else "while",
+                           **options)
+        names = _Names.make(len(_comps(example)), None, plan.time_inputs, plan.final, adaptive)
+        dynamic = bool(o["dynamic_batch"])
+
+        t_build = time.perf_counter()
+        artifact, info = backend.build(plan, prepared, dynamic, o["progress"])
+        meta = _metadata(fmt, plan, prepared, names, auto, info, dynamic=dynamic, controller=o["controller"],
+                         max_steps=o["max_steps"])
+        with atomic_output(path) as tmp, _work_file(tmp, backend.suffix) as work:
+            backend.save(artifact, meta, work, o["progress"])
+            build_seconds = time.perf_counter() - t_build
+            tol = o["parity_tol"] if o["parity_tol"] is not None else default_tolerance(plan.dtype)
+            if adaptive and o["parity_tol"] is None and plan.dtype == torch.float32:
+                tol = max(tol, 10 * plan.rtol)  # borderline float32 accept/reject decisions may differ
+            checks = _parity_inputs(example, dynamic, o["parity_batches"], o["seed"], plan.time_inputs, times)
+            errors = _parity(backend, work, f, options, want_example, example, checks, names, plan.final, times)
+            worst = max(errors.values())
+            if not worst <= tol:
+                detail = ", ".join(f"{k}: {v:.3g}" for k, v in errors.items())
+                raise ParityError(
+                    f"the {backend.label} file does not reproduce the eager solve: max error {worst:.3g} > tolerance "
+                    f"{tol:.3g} ({detail}); no file was written. If the difference is expected (e.g. borderline "
+                    "float32 accept/reject decisions), raise parity_tol",
+                    errors, tol,
+                )
+            meta.update(parity_error=worst, parity_tolerance=tol, parity_checks=errors)
+            meta["export_seconds"] = round(build_seconds, 3)
+            meta["total_seconds"] = round(time.perf_counter() - t_start, 3)
+            backend.finish(artifact, meta, work)
+    if fmt == "torchscript":
+        warnings.warn(
+            "TorchScript is deprecated in PyTorch (torch.jit.trace/script warn since 2.x and may go away); "
+            f"odeserve caught those warnings while writing {path.name}, which loads today with torch.jit.load and "
+            "LibTorch's torch::jit::load. For new deployments prefer odeserve.export.to_exported_program "
+            "(torch.export) or to_aoti (AOTInductor)",
+            TorchScriptDeprecationWarning, stacklevel=3,
+        )
+    steps_out = None if adaptive else int(meta["steps"])
+    return ArtifactExport(path, fmt, meta, errors, meta["export_seconds"], path.stat().st_size, steps_out, auto)
+
+
+def _solve_graph(plan: _Plan, prepared: PreparedSolve, dynamic: bool) -> tuple[SolveGraph, tuple[Tensor, ...]]:
+    """The module to trace or export and its example inputs (at least 2 rows when the batch
+    is dynamic: PyTorch specialises sizes 0 and 1)."""
+    times = plan.times
+    grid_index = grid_frac = None
+    if plan.time_inputs and prepared.grid is not None:
+        grid_index, grid_frac = grid_plan(prepared.grid.times, times)
+    graph = SolveGraph(plan.f, prepared, time_inputs=plan.time_inputs, final_only=plan.final,
+                       grid_index=grid_index, grid_frac=grid_frac)
+    t_args: tuple[Tensor, ...] = ()
+    if plan.time_inputs == "span":
+        t_args = (times[0].clone(), times[-1].clone())
+    elif plan.time_inputs == "grid":
+        t_args = (times.clone(),)
+    comps = _comps(plan.example)
+    if dynamic and comps[0].shape[0] < 2:
+        comps = tuple(c.expand((2,) + tuple(c.shape[1:])).clone() for c in comps)
+    return graph, comps + t_args
+
+
+def _metadata(fmt: str, plan: _Plan, prepared: PreparedSolve, names: _Names, auto: AutoSteps | None,
+              info: dict[str, Any], *, dynamic: bool, controller: str, max_steps: int) -> dict[str, Any]:
+    adaptive, spec = plan.adaptive, prepared.spec
+    return {
+        "format": FORMATS[fmt],
+        "solver": plan.solver,
+        "adaptive": adaptive,
+        "mode": plan.mode,
+        "steps": None if adaptive or prepared.grid is None else prepared.grid.steps,
+        "steps_auto": auto.as_metadata() if auto is not None else None,
+        "rtol": plan.rtol if adaptive else None,
+        "atol": plan.atol if adaptive else None,
+        "controller": controller if adaptive else None,
+        "max_steps": max_steps if adaptive else None,
+        "t0": plan.times_list[0],
+        "t1": plan.times_list[-1],
+        "output_times": None if plan.final else plan.times_list,
+        "dynamic_batch": dynamic,
+        "batch": None if dynamic else _comps(plan.example)[0].shape[0],
+        "dynamic_times": plan.time_inputs is not None,
+        "time_inputs": names.times,
+        "dtype": str(plan.dtype).replace("torch.", ""),
+        "tuple_state": spec.is_tuple,
+        "state_inputs": names.states,
+        "outputs": names.outputs,
+        "state_shapes": [list(tail) for tail in spec.tails],
+        **info,
+        **provenance(),
+    }
+
+
+def _parity(backend: "_Backend", work: Path, f: Any, options: dict[str, Any], want_example: Any, example: Any,
+            checks: list[tuple[str, Any, Tensor]], names: _Names, final: bool, times: Tensor) -> dict[str, float]:
+    """Load the written file as a user would and compare it with the eager solve on every check."""
+    try:
+        model = backend.load(work)
+    except OdeserveError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any loader failure means the file is unusable
+        raise ExportError(f"the {backend.label} file cannot be loaded back: {type(e).__name__}: {e}") from None
+    n = len(names.states)
+    errors: dict[str, float] = {}
+    for label, y, ts in checks:
+        want, want_status = want_example if (y is example and ts is times) else _eager(f, y, ts, options)
+        t_in: tuple[Tensor, ...] = ()
+        if names.times == ["t0", "t1"]:
+            t_in = (ts[0].clone(), ts[-1].clone())
+        elif names.times == ["t"]:
+            t_in = (ts.clone(),)
+        try:
+            with torch.no_grad():
+                got = model(*_comps(y), *t_in)
+        except Exception as e:  # noqa: BLE001
+            raise ParityError(f"the {backend.label} file failed on the {label} input: {type(e).__name__}: {e}; "
+                              "no file was written", {label: math.inf}, 0.0) from None
+        err = max(parity_error(got[i], want[i][-1] if final else want[i]) for i in range(n))
+        if not torch.equal(got[n].reshape(-1), want_status):
+            err = math.inf
+        errors[label] = err
+    return errors
+
+
+# --------------------------------------------------------------------------- the formats
+
+
+class _Backend:
+    label: str
+    suffix: str
+
+    def build(self, plan: _Plan, prepared: PreparedSolve, dynamic: bool, progress: bool) -> tuple[Any, dict[str, Any]]:
+        """The in-memory artifact and what it adds to the metadata."""
+        raise NotImplementedError
+
+    def save(self, artifact: Any, meta: dict[str, Any], work: Path, progress: bool) -> None:
+        raise NotImplementedError
+
+    def finish(self, artifact: Any, meta: dict[str, Any], work: Path) -> None:
+        """Store the final metadata (with the parity results) in the written file."""
+        self.save(artifact, meta, work, False)
+
+    def load(self, path: Path) -> Callable[..., Any]:
+        raise NotImplementedError
+
+
+class _TorchScript(_Backend):
+    label, suffix = "TorchScript", ".pt"
+
+    def build(self, plan: _Plan, prepared: PreparedSolve, dynamic: bool, progress: bool) -> tuple[Any, dict[str, Any]]:
+        from ._script_loop import script_adaptive
+
+        graph, args = _solve_graph(plan, prepared, dynamic=True)
+        with _quiet(), _translated("torch.jit"):
+            if plan.adaptive:
+                graph.prepared = script_adaptive(plan.f, prepared, _pack_like(args, plan))
+                graph.driver = graph.prepared.driver  # a submodule, so it is saved with the file
+            module = torch.jit.trace(graph, args, check_trace=False)
+        how = ("torch.jit.trace (step) + torch.jit.script (while loop)" if plan.adaptive
+               else "torch.jit.trace (unrolled)")
+        return module, {"exporter": how, "batch_min": 1}
+
+    def save(self, artifact: Any, meta: dict[str, Any], work: Path, progress: bool) -> None:
+        with _quiet():
+            torch.jit.save(artifact, str(work), _extra_files={METADATA_FILE: json.dumps(stringify(meta))})
+
+    def load(self, path: Path) -> Callable[..., Any]:
+        with _quiet():
+            return torch.jit.load(str(path), map_location="cpu")
+
+
+class _ExportedProgram(_Backend):
+    label, suffix = "exported-program", ".pt2"
+
+    def build(self, plan: _Plan, prepared: PreparedSolve, dynamic: bool, progress: bool) -> tuple[Any, dict[str, Any]]:
+        graph, args = _solve_graph(plan, prepared, dynamic)
+        # The output-time buffer's length must stay static inside the traced loop body.
+        torch._dynamo.mark_static(prepared.problem.t_interior)
+        n_states = len(_comps(plan.example))
+        with _progress("exporting with torch.export", progress):
+            for batch_min in ((1, 2) if dynamic else (None,)):
+                shapes = (tuple({0: torch.export.Dim("batch", min=batch_min)} if dynamic and i < n_states else None
+                                for i in range(len(args))),)  # forward(*inputs): one varargs entry
+                try:
+                    with _quiet(), _translated("torch.export"):
+                        program = torch.export.export(graph, args, dynamic_shapes=shapes, strict=False)
+                    break
+                except ExportError as e:
+                    # PyTorch may specialise a dimension of size 1; then the batch starts at 2.
+                    if batch_min != 1 or "batch" not in str(e):
+                        raise
+        return program, {"exporter": "torch.export", "batch_min": batch_min or 1}
+
+    def save(self, artifact: Any, meta: dict[str, Any], work: Path, progress: bool) -> None:
+        torch.export.save(artifact, str(work), extra_files={METADATA_FILE: json.dumps(stringify(meta))})
+
+    def load(self, path: Path) -> Callable[..., Any]:
+        with _quiet():
+            return torch.export.load(str(path)).module()
+
+
+class _Aoti(_ExportedProgram):
+    label = "AOTInductor"
+
+    def build(self, plan: _Plan, prepared: PreparedSolve, dynamic: bool, progress: bool) -> tuple[Any, dict[str, Any]]:
+        program, info = super().build(plan, prepared, dynamic, progress)
+        return program, {**info, "exporter": "torch.export + AOTInductor"}
+
+    def save(self, artifact: Any, meta: dict[str, Any], work: Path, progress: bool) -> None:
+        # The settings go into the compiled package (C++ reads them with get_metadata()).
+        configs = {"aot_inductor.metadata": stringify(meta)}
+        with _progress("compiling with AOTInductor (a minute or more)", progress), _quiet(), _translated("AOTInductor"):
+            torch._inductor.aoti_compile_and_package(artifact, package_path=str(work), inductor_configs=configs)
+
+    def finish(self, artifact: Any, meta: dict[str, Any], work: Path) -> None:
+        # Recompiling for the parity results would cost minutes: they go into the archive
+        # as extra/odeserve.json (the package loader ignores files it does not know).
+        with zipfile.ZipFile(work, "a") as z:
+            root = z.namelist()[0].split("/")[0]
+            z.writestr(f"{root}/extra/{METADATA_FILE}", json.dumps(stringify(meta)))
+
+    def load(self, path: Path) -> Callable[..., Any]:
+        return AotiModel(path)
+
+
+_BACKENDS: dict[str, _Backend] = {"torchscript": _TorchScript(), "pt2": _ExportedProgram(), "aoti": _Aoti()}
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _pack_like(args: tuple[Tensor, ...], plan: _Plan) -> Any:
+    """The state part of the example inputs in the user's layout."""
+    comps = args[: len(_comps(plan.example))]
+    return tuple(comps) if isinstance(plan.example, (tuple, list)) else comps[0]
+
+
+@contextlib.contextmanager
+def _work_file(tmp: Path, suffix: str) -> Iterator[Path]:
+    """A sibling of the atomic temporary file whose name ends in ``suffix`` (PyTorch's PT2
+    loaders want ``.pt2``); moved onto the temporary file on success, removed on failure."""
+    work = tmp.with_name(tmp.name + suffix)
+    try:
+        yield work
+        os.replace(work, tmp)
+    finally:
+        with contextlib.suppress(OSError):
+            work.unlink()
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence torch's warnings and logs while exporting: the TorchScript deprecation notices
+    (one warning of our own replaces them), the tracer's notes on Python values taken from
+    sizes (the parity gate checks other batch sizes; value branches in f were refused
+    before), and the exporters' progress logs."""
+    import logging
+
+    loggers = [logging.getLogger(n) for n in ("torch.export", "torch._export", "torch._dynamo", "torch._inductor",
+                                              "torch.fx.experimental.symbolic_shapes")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, lv in zip(loggers, levels):
+            lg.setLevel(lv)
+
+
+@contextlib.contextmanager
+def _translated(exporter: str) -> Iterator[None]:
+    """Exporter failures as named errors: Python control flow on data, or :class:`ExportError`."""
+    try:
+        yield
+    except (OdeserveError, KeyboardInterrupt):
+        raise
+    except Exception as e:  # noqa: BLE001 - the exporters raise many types; all become ExportError
+        text = "\n".join(f"{type(x).__name__}: {x}" for x in _chain(e))
+        if any(k in text for k in _DATA_DEPENDENT):
+            where = user_frame(e)
+            raise DataDependentControlFlowError(
+                f"{exporter} cannot capture the solve: f (or a plugin) uses Python control flow on a tensor's value"
+                + (f" at {where}" if where else "")
+                + ". Use torch.where / tensor arithmetic instead of Python if/while/float()/item() on tensors"
+            ) from e
+        raise ExportError(f"{exporter} failed: {type(e).__name__}: {str(e).strip()[:2000]}") from e
+
+
+@contextlib.contextmanager
+def _progress(label: str, enabled: bool) -> Iterator[None]:
+    """Elapsed time on stderr while a long step runs: a line rewritten every second on a
+    terminal, else a line at the start, every 30 s and at the end."""
+    if not enabled:
+        yield
+        return
+    tty = sys.stderr.isatty()
+    start = time.perf_counter()
+    stop = threading.Event()
+
+    def show() -> None:
+        while not stop.wait(1.0 if tty else 30.0):
+            elapsed = time.perf_counter() - start
+            print(f"\rodeserve: {label} … {elapsed:.0f} s" if tty else f"odeserve: {label} … {elapsed:.0f} s",
+                  end="" if tty else "\n", file=sys.stderr, flush=True)
+
+    print(f"odeserve: {label} …", end="" if tty else "\n", file=sys.stderr, flush=True)
+    thread = threading.Thread(target=show, daemon=True)
+    thread.start()
+    ok = False
+    try:
+        yield
+        ok = True
+    finally:
+        stop.set()
+        thread.join()
+        print(f"{chr(13) if tty else ''}odeserve: {label}: {'done' if ok else 'failed'} in "
+              f"{time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)

@@ -1,0 +1,369 @@
+"""PyTorch-native artifacts: TorchScript (``to_torchscript``), exported programs
+(``to_exported_program``) and AOTInductor packages (``to_aoti``).
+
+Each exporter gates its file on parity with the eager solve itself; the tests check that
+gate's record and, independently, load each file the way a user does (``torch.jit.load``,
+``torch.export.load``, :func:`load_aoti`) and compare it with the public
+:func:`odeserve.solve` at batch sizes 1, 5 and 64 (fresh inputs, not the parity gate's).
+
+Exports are shared per session and kept small (an MLP 2 → 8 → 2, a few steps): TorchScript
+takes about a second per solver, ``torch.export`` of a ``torch.while_loop`` 5–15 s, an
+AOTInductor compile a minute or more (``@pytest.mark.slow``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import torch
+from torch import nn
+
+from odeserve import get_registry, solve
+from odeserve.errors import DtypeMismatchError, InvalidOptionError, ShapeMismatchError
+from odeserve.export import (
+    ArtifactExport,
+    TorchScriptDeprecationWarning,
+    load_aoti,
+    read_artifact_metadata,
+    to_aoti,
+    to_exported_program,
+    to_torchscript,
+)
+from odeserve.export import libtorch
+from odeserve.export._artifact import DataDependentControlFlowError, ExportError, InvalidArtifactError, ParityError
+
+# The tests load files with torch.jit.load as a user would; torch warns that it is deprecated.
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
+
+REG = get_registry()
+FIXED = sorted(n for n in REG.entries("solver") if not REG.solver(n).adaptive)
+ADAPTIVE = sorted(n for n in REG.entries("solver") if REG.solver(n).adaptive)
+BATCHES = (1, 5, 64)
+STEPS = 5
+RTOL, ATOL = 1e-5, 1e-7
+
+
+class TinyMLP(nn.Module):
+    """``f(t, y) = W2 tanh(W1 [y, t] + b1) + b2`` with ``t`` per sample: 2 → 8 → 2."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.l1 = nn.Linear(3, 8)
+        self.l2 = nn.Linear(8, 2)
+
+    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        tt = t.reshape(-1, 1).to(y.dtype).expand(y.shape[0], 1)
+        return self.l2(torch.tanh(self.l1(torch.cat([y, tt], dim=1))))
+
+
+def make_model() -> nn.Module:
+    """The factory the CLI test loads."""
+    return TinyMLP()
+
+
+F = TinyMLP()
+
+
+def tuple_f(t: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A tuple state ``(x (B, 2), v (B, 1, 3))`` that couples its parts and depends on t."""
+    x, v = state
+    return torch.tanh(x) * v[:, 0, :2] + t[:, None], -v * torch.sin(x.sum(1))[:, None, None] * 0.5
+
+
+def _y(batch: int, seed: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    return torch.randn(batch, 2, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(dtype)
+
+
+def _settings(solver: str) -> dict[str, Any]:
+    if not REG.solver(solver).adaptive:
+        return dict(steps=STEPS)
+    # heun_euler is order 2: at 1e-5 it takes hundreds of steps, seconds per parity check
+    return dict(rtol=RTOL * (100 if solver == "heun_euler" else 1), atol=ATOL)
+
+
+def _want(f: Callable[..., Any], y: Any, solver: str, t: Any = (0.0, 1.0)) -> Any:
+    with torch.no_grad():
+        return solve(f, y, list(t), solver=solver, batch="per_sample", **_settings(solver))
+
+
+def _ts(solver: str, path: Path, **kw: Any) -> ArtifactExport:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TorchScriptDeprecationWarning)
+        return to_torchscript(F, _y(3, 0), path, solver=solver, parity_batches=BATCHES, **_settings(solver), **kw)
+
+
+@pytest.fixture(scope="session")
+def ts_files(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], ArtifactExport]:
+    """One TorchScript export per solver, made on first use."""
+    folder = tmp_path_factory.mktemp("torchscript")
+    made: dict[str, ArtifactExport] = {}
+
+    def get(solver: str) -> ArtifactExport:
+        if solver not in made:
+            made[solver] = _ts(solver, folder / f"{solver}.pt")
+        return made[solver]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def pt2_files(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], ArtifactExport]:
+    """One exported program per solver (rk4, dopri5), made on first use."""
+    folder = tmp_path_factory.mktemp("pt2")
+    made: dict[str, ArtifactExport] = {}
+
+    def get(solver: str) -> ArtifactExport:
+        if solver not in made:
+            made[solver] = to_exported_program(F, _y(3, 0), folder / f"{solver}.pt2", solver=solver,
+                                               parity_batches=BATCHES, **_settings(solver))
+        return made[solver]
+
+    return get
+
+
+def _check_gate(result: ArtifactExport, fmt: str, solver: str) -> None:
+    assert result.path.is_file() and result.size_bytes == result.path.stat().st_size
+    assert set(result.parity) == {"example"} | {f"batch {b}" for b in BATCHES}
+    tol = float(result.metadata["parity_tolerance"])
+    assert max(result.parity.values()) <= tol
+    meta = read_artifact_metadata(result.path)
+    assert meta["format"] == libtorch.FORMATS[fmt] and meta["solver"] == solver
+    assert meta["t0"] == "0.0" and meta["t1"] == "1.0" and meta["dtype"] == "float32"
+    assert float(meta["parity_error"]) == max(result.parity.values())
+    assert meta["torch_version"] == torch.__version__ and "odeserve_version" in meta
+    if REG.solver(solver).adaptive:
+        assert float(meta["rtol"]) == _settings(solver)["rtol"] and float(meta["atol"]) == ATOL
+        assert "steps" not in meta
+    else:
+        assert int(meta["steps"]) == STEPS == result.steps
+
+
+def _check_batches(model: Callable[..., Any], solver: str, tol: float) -> None:
+    """The loaded artifact against odeserve.solve on fresh batches of 1, 5 and 64."""
+    adaptive = REG.solver(solver).adaptive
+    for b in BATCHES:
+        y = _y(b, 100 + b)
+        sol = _want(F, y, solver)
+        with torch.no_grad():
+            out = model(y)
+        assert out[0].shape == (b, 2)
+        assert (out[0] - sol.ys[-1]).abs().max().item() <= tol, (solver, b)
+        assert torch.equal(out[1], sol.status)
+        if adaptive:
+            assert torch.equal(out[2], sol.stats["steps"]), (solver, b)  # same loop, same decisions
+
+
+# --------------------------------------------------------------------------- TorchScript
+
+
+@pytest.mark.parametrize("solver", FIXED)
+def test_torchscript_fixed_round_trip(solver: str, ts_files: Callable[[str], ArtifactExport]) -> None:
+    result = ts_files(solver)
+    _check_gate(result, "torchscript", solver)
+    assert result.metadata["mode"] == "unrolled"
+    _check_batches(torch.jit.load(str(result.path)), solver, tol=1e-6)
+
+
+@pytest.mark.parametrize("solver", ADAPTIVE)
+def test_torchscript_adaptive_keeps_its_loop(solver: str, ts_files: Callable[[str], ArtifactExport]) -> None:
+    result = ts_files(solver)
+    _check_gate(result, "torchscript", solver)
+    assert result.metadata["mode"] == "loop" and "script" in result.metadata["exporter"]
+    # a real loop, not a frozen trace: per-sample step counts on fresh batches equal eager's
+    _check_batches(torch.jit.load(str(result.path)), solver, tol=1e-5)
+
+
+def test_torchscript_metadata_is_in_the_file(ts_files: Callable[[str], ArtifactExport]) -> None:
+    result = ts_files("rk4")
+    extra = {"odeserve.json": ""}
+    torch.jit.load(str(result.path), _extra_files=extra)
+    stored = json.loads(extra["odeserve.json"])
+    assert stored["odeserve.solver"] == "rk4" and stored["odeserve.steps"] == str(STEPS)
+
+
+def test_torchscript_tuple_state_output_times_and_time_inputs(tmp_path: Path) -> None:
+    x0 = (torch.randn(3, 2, dtype=torch.float64), torch.randn(3, 1, 3, dtype=torch.float64))
+    ts = [0.0, 0.3, 1.0]
+    for solver, kw in (("rk4", dict(steps=8)), ("bosh3", dict(rtol=1e-7, atol=1e-9))):
+        with pytest.warns(TorchScriptDeprecationWarning):
+            r = to_torchscript(tuple_f, x0, tmp_path / f"{solver}.pt", solver=solver, output_times=ts,
+                               dynamic_times=True, parity_batches=(1, 5), **kw)
+        assert r.metadata["time_inputs"] == ["t"] and r.metadata["dtype"] == "float64"
+        model = torch.jit.load(str(r.path))
+        y = (torch.randn(5, 2, dtype=torch.float64), torch.randn(5, 1, 3, dtype=torch.float64))
+        grid = torch.tensor([0.5, 0.9, 1.6], dtype=torch.float64)
+        want = solve(tuple_f, y, grid, solver=solver, batch="per_sample", **kw)
+        got = model(*y, grid)
+        for g, w in zip(got[:2], want.ys):
+            assert g.shape == w.shape and (g - w).abs().max().item() < 1e-9
+
+
+def test_torchscript_gives_one_warning_of_its_own(tmp_path: Path) -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        to_torchscript(F, _y(3, 0), tmp_path / "m.pt", solver="euler", steps=2, parity_batches=(2,))
+    assert [w.category for w in caught] == [TorchScriptDeprecationWarning], [str(w.message) for w in caught]
+    assert "to_exported_program" in str(caught[0].message)
+
+
+# --------------------------------------------------------------------------- exported program
+
+
+@pytest.mark.parametrize("solver", ["rk4", "dopri5"])
+def test_exported_program_round_trip(solver: str, pt2_files: Callable[[str], ArtifactExport]) -> None:
+    result = pt2_files(solver)
+    _check_gate(result, "pt2", solver)
+    assert result.metadata["batch_min"] == 1 and result.metadata["mode"] == "loop"
+    extra = {"odeserve.json": ""}
+    program = torch.export.load(str(result.path), extra_files=extra)
+    assert json.loads(extra["odeserve.json"])["odeserve.solver"] == solver
+    _check_batches(program.module(), solver, tol=1e-5)
+
+
+# --------------------------------------------------------------------------- AOTInductor
+
+
+@pytest.mark.slow
+def test_aoti_round_trip(tmp_path: Path) -> None:
+    result = to_aoti(F, _y(3, 0), tmp_path / "m.pt2", solver="rk4", steps=3, parity_batches=BATCHES,
+                     progress=False)
+    assert result.path.is_file() and max(result.parity.values()) <= 1e-4
+    meta = read_artifact_metadata(result.path)
+    assert meta["format"] == libtorch.FORMATS["aoti"] and meta["steps"] == "3" and "parity_error" in meta
+    model = load_aoti(result.path)
+    assert model._model.get_metadata()["odeserve.solver"] == "rk4"  # compiled in, for C++ too
+    for b in BATCHES:
+        y = _y(b, 100 + b)
+        want = solve(F, y, [0.0, 1.0], solver="rk4", steps=3, batch="per_sample")
+        out = model(y)
+        assert (out[0] - want.ys[-1]).abs().max().item() < 1e-5 and torch.equal(out[1], want.status)
+    with pytest.raises(DtypeMismatchError):
+        model(_y(2, 0, torch.float64))
+    with pytest.raises(ShapeMismatchError):
+        model(torch.zeros(2, 3))
+    assert not list(tmp_path.glob(".*"))  # no temporary files left
+
+
+# --------------------------------------------------------------------------- refusals
+
+
+def test_failed_parity_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    eager = libtorch._eager
+
+    def off_by_one(*args: Any, **kw: Any) -> Any:  # the "eager" reference the gate compares with
+        ys, status = eager(*args, **kw)
+        return [y + 1.0 for y in ys], status
+
+    target = tmp_path / "m.pt"
+    monkeypatch.setattr(libtorch, "_eager", off_by_one)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TorchScriptDeprecationWarning)
+        with pytest.raises(ParityError, match="no file was written") as info:
+            to_torchscript(F, _y(3, 0), target, solver="rk4", steps=2, parity_batches=(2,))
+    assert info.value.errors and min(info.value.errors.values()) > 0.1
+    assert list(tmp_path.iterdir()) == []
+    # an existing good file is not clobbered either
+    target.write_bytes(b"good")
+    with pytest.raises(ParityError):
+        to_torchscript(F, _y(3, 0), target, solver="rk4", steps=2, parity_batches=(2,))
+    assert [p.name for p in tmp_path.iterdir()] == ["m.pt"] and target.read_bytes() == b"good"
+
+
+def test_unwritable_paths_fail_before_exporting(tmp_path: Path) -> None:
+    with pytest.raises(ExportError, match="does not exist"):
+        to_torchscript(F, _y(3, 0), tmp_path / "missing" / "m.pt", solver="rk4", steps=2)
+    with pytest.raises(ExportError, match="is a directory"):
+        to_exported_program(F, _y(3, 0), tmp_path, solver="rk4", steps=2)
+    with pytest.raises(InvalidOptionError, match=r"\.pt2"):
+        to_aoti(F, _y(3, 0), tmp_path / "m.so", solver="rk4", steps=2)
+
+
+def test_value_branches_in_f_are_refused(tmp_path: Path) -> None:
+    def branchy(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return -y if float(y.sum()) > 0 else y
+
+    with pytest.raises(DataDependentControlFlowError, match="torch.where"):
+        to_torchscript(branchy, _y(3, 0), tmp_path / "m.pt", solver="rk4", steps=2)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_metadata_reader_refuses_foreign_files(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        read_artifact_metadata(tmp_path / "none.pt")
+    plain = tmp_path / "plain.pt"
+    torch.jit.save(torch.jit.script(nn.Linear(2, 2)), str(plain))
+    with pytest.raises(InvalidArtifactError, match="without odeserve metadata"):
+        read_artifact_metadata(plain)
+    with zipfile.ZipFile(tmp_path / "bad.pt2", "w") as z:
+        z.writestr("x/extra/odeserve.json", "{not json")
+    with pytest.raises(InvalidArtifactError):
+        read_artifact_metadata(tmp_path / "bad.pt2")
+    with pytest.raises(InvalidArtifactError, match="not an odeserve AOTInductor"):
+        load_aoti(_plain_odeserve_file(tmp_path))
+
+
+def _plain_odeserve_file(tmp_path: Path) -> Path:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TorchScriptDeprecationWarning)
+        return to_torchscript(F, _y(3, 0), tmp_path / "ts.pt", solver="euler", steps=1, parity_batches=(2,)).path
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_cli_export_torchscript_and_inspect(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from odeserve.cli import main
+
+    out = tmp_path / "m.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TorchScriptDeprecationWarning)
+        assert main(["export", "test_torchscript_export:make_model", "--format", "torchscript", "--state-shape", "2",
+                     "--solver", "dopri5", "--rtol", "1e-5", "-o", str(out), "--parity-batches", "1,5"]) == 0
+    assert "wrote" in capsys.readouterr().out and out.is_file()
+    assert main(["inspect", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "odeserve-torchscript/1" in text and "forward(y0: float32[batch, 2]) -> (y1, status, n_steps)" in text
+    assert main(["export", "test_torchscript_export:make_model", "--format", "pt2", "--state-shape", "2",
+                 "--steps", "2", "--opset", "18", "-o", str(tmp_path / "m.pt2")]) == 2
+    assert "--opset applies to --format onnx only" in capsys.readouterr().err
+    assert not math.isnan(float(read_artifact_metadata(out)["parity_error"]))
+
+
+# --------------------------------------------------------------------------- LibTorch example
+
+
+def test_libtorch_example_file(tmp_path: Path) -> None:
+    """examples/libtorch: the file export_model.py writes gives, in torch.jit.load, the eager
+    numbers it prints; and, when the C++ example has been built (examples/libtorch/build.sh,
+    not in CI), solve_ode prints the same numbers from LibTorch."""
+    import re
+    import subprocess
+    import sys
+
+    here = Path(__file__).resolve().parents[1] / "examples" / "libtorch"
+    model = tmp_path / "model.pt"
+    proc = subprocess.run([sys.executable, str(here / "export_model.py"), str(model), "--batch", "3"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+    def rows(text: str) -> list[list[float]]:
+        return [[float(v) for v in m.group(1).split()] for m in re.finditer(r"^y1\[\d+\] =([-\d.e+ ]+?)(?:  status|$)",
+                                                                             text, re.M)]
+
+    eager = rows(proc.stdout)
+    assert len(eager) == 3
+    y0 = torch.linspace(-1.0, 1.0, 3 * 2).reshape(3, 2)  # the batch main.cpp builds
+    got = torch.jit.load(str(model))(y0)[0]
+    assert (got - torch.tensor(eager)).abs().max().item() < 1e-6
+    exe = here / "build" / "solve_ode"
+    if exe.is_file():
+        out = subprocess.run([str(exe), str(model), "3"], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert (torch.tensor(rows(out.stdout)) - torch.tensor(eager)).abs().max().item() < 1e-6
