@@ -180,8 +180,9 @@ def _plots(out: Path, f: MLPField, t: Tensor, zs: Tensor, losses: list[float]) -
         for tangent, colour in ((torch.tensor([[0.3, 0.0]]), "tab:green"), (torch.tensor([[0.0, 0.3]]), "tab:purple")):
             ys, ts = jvp(f, z0, tt, tangent, solver="dopri5", rtol=1e-6, atol=1e-8)
             ax.quiver(ys[:, 0, 0], ys[:, 0, 1], ts[:, 0, 0], ts[:, 0, 1], color=colour, angles="xy",
-                      scale_units="xy", scale=1, width=0.005)
-        ax.plot(learned[:, 0], learned[:, 1], "r-", lw=1)
+                      scale_units="xy", scale=1, width=0.005, label=f"v = {tuple(tangent[0].tolist())}")
+        ax.plot(learned[:, 0], learned[:, 1], "r-", lw=1, label="learned trajectory")
+    ax.legend(loc="upper right")
     ax.set_title("JVP: tangents at z(t0) pushed forward (∂z(t)/∂z(t0)·v)")
     save(fig, "jvp_pushforward.png")
 
@@ -199,8 +200,10 @@ def _plots(out: Path, f: MLPField, t: Tensor, zs: Tensor, losses: list[float]) -
             pulls.append(g_z[0])
         s, p = torch.stack(starts).detach(), torch.stack(pulls).detach()
         p = 0.3 * p / p.norm(dim=-1, keepdim=True).clamp(min=1e-12)
-        ax.quiver(s[:, 0], s[:, 1], p[:, 0], p[:, 1], color=colour, angles="xy", scale_units="xy", scale=1, width=0.005)
-    ax.plot(learned[:, 0], learned[:, 1], "r-", lw=1)
+        ax.quiver(s[:, 0], s[:, 1], p[:, 0], p[:, 1], color=colour, angles="xy", scale_units="xy", scale=1, width=0.005,
+                  label=f"u = {tuple(u[0].tolist())}")
+    ax.plot(learned[:, 0], learned[:, 1], "r-", lw=1, label="learned trajectory")
+    ax.legend(loc="upper right")
     ax.set_title("VJP: uᵀ∂z(t1)/∂z(s) pulled back (direction)")
     save(fig, "vjp_pullback.png")
 
@@ -262,7 +265,7 @@ def run(out: str | Path, *, epochs: int | None = None, device: str = "cpu", quic
     epochs = epochs if epochs is not None else (30 if quick else 400)
     print(f"odeserve demo: training a neural ODE on the cubic spiral ({epochs} iterations, adjoint, dopri5)")
     start = time.perf_counter()
-    losses = train(f, t, zs, epochs=epochs, window=10, batch=16 if quick else 32, lr=3e-3, seed=seed)
+    losses = train(f, t, zs, epochs=epochs, window=10, batch=16 if quick else 32, lr=1e-2, seed=seed)
     train_s = time.perf_counter() - start
     print(f"  loss {losses[0]:.4f} -> {losses[-1]:.4f} in {train_s:.0f} s")
     f = f.cpu().eval()
