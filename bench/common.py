@@ -280,11 +280,13 @@ def time_alternating(
     collection is off inside a round.  Stops early after ``max_seconds`` (at least 3
     rounds).
 
-    Two clocks are read around every sample: wall (``perf_counter``) and this thread's CPU
-    time (``thread_time``).  On a shared machine the CPU clock leaves out the time the
-    process sat descheduled, so it is the steadier of the two for single-threaded torch
-    (``torch.set_num_threads(1)``: all work runs on the calling thread); ``clock`` picks
-    which one ``median_s``/``min_s``/``q1_s``/``q3_s`` describe ("cpu" or "wall"); both
+    Two clocks are read around every sample: wall (``perf_counter``) and a CPU clock,
+    this thread's (``thread_time``) or, with ``clock="process"``, the whole process's
+    (``process_time``: for runtimes that run work on threads of their own, e.g. XLA).  On
+    a shared machine the CPU clock leaves out the time the process sat descheduled, so it
+    is the steadier of the two for single-threaded torch (``torch.set_num_threads(1)``:
+    all work runs on the calling thread); ``clock`` picks which one
+    ``median_s``/``min_s``/``q1_s``/``q3_s`` describe ("cpu", "process" or "wall"); both
     medians and all samples are returned (``wall_median_s``, ``cpu_median_s``,
     ``wall_s``, ``cpu_s``).
 
@@ -305,15 +307,17 @@ def time_alternating(
     cpu: dict[str, list[float]] = {n: [] for n in fns}
     paired: dict[str, list[float]] = {n: [] for n in names}  # reference sample taken just before
 
+    cpu_clock = time.process_time if clock == "process" else time.thread_time
+
     def one(n: str) -> tuple[float, float]:
         fn, m = fns[n], inner[n]
         if n == reference:
             fn()  # untimed: the reference is measured warm (steady state), not after a cold switch
-        c = time.thread_time()
+        c = cpu_clock()
         t = time.perf_counter()
         for _ in range(m):
             fn()
-        w_s, c_s = (time.perf_counter() - t) / m, (time.thread_time() - c) / m
+        w_s, c_s = (time.perf_counter() - t) / m, (cpu_clock() - c) / m
         samples[n].append(w_s)
         cpu[n].append(c_s)
         return w_s, c_s
@@ -328,7 +332,7 @@ def time_alternating(
             for n in names[k:] + names[:k]:
                 if reference is not None:
                     w_r, c_r = one(reference)
-                    paired[n].append(c_r if clock == "cpu" else w_r)
+                    paired[n].append(w_r if clock == "wall" else c_r)
                 one(n)
             gc.enable()
             if max_seconds is not None and r >= 2 and time.perf_counter() - start > max_seconds:
@@ -339,7 +343,7 @@ def time_alternating(
     out: dict[str, dict[str, Any]] = {}
     for n in fns:
         w, c = samples[n], cpu[n]
-        main = c if clock == "cpu" else w
+        main = w if clock == "wall" else c
         qs = statistics.quantiles(main, n=4) if len(main) >= 2 else [main[0]] * 3
         out[n] = {"median_s": statistics.median(main), "min_s": min(main), "q1_s": qs[0], "q3_s": qs[2],
                   "wall_median_s": statistics.median(w), "cpu_median_s": statistics.median(c),

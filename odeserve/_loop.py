@@ -52,7 +52,9 @@ class Problem:
 
     def scalar_like(self, value: Tensor, rows: int) -> Tensor:
         """A per-sample quantity: ``(rows, 1)`` per sample, 0-d for the joint batch."""
-        return value.expand(rows, 1).clone() if self.per_sample else value.clone()
+        # contiguous_format, not preserve: at rows == 1 an expanded tensor keeps strides
+        # (0, 0), which the loop body does not reproduce (torch.export's while_loop check).
+        return value.expand(rows, 1).clone(memory_format=torch.contiguous_format) if self.per_sample else value.clone()
 
 
 class AdaptiveState(NamedTuple):

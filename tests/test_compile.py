@@ -273,9 +273,11 @@ def test_compiled_training_gradients_equal_eager(solver, batch, y0_grad, backend
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("solver,batch", [("rk4", "per_sample"), ("dopri5", "joint")])
-def test_inductor_float32_matches_eager(solver, batch):
-    f, y0 = MLP(dtype=torch.float32), _y0(4, torch.float32)
+@pytest.mark.parametrize("solver,batch,rows", [("rk4", "per_sample", 4), ("dopri5", "joint", 4), ("dopri5", "joint", 1)])
+def test_inductor_float32_matches_eager(solver, batch, rows):
+    # rows=1: the batch-1 graph, where the default inference options rewrite f's matrix
+    # products as Inductor's own code (decompose_mm_pass)
+    f, y0 = MLP(dtype=torch.float32), _y0(rows, torch.float32)
     model = compile_solve(f, t=T, solver=solver, batch=batch, return_info=True, **_options(solver))
     with torch.no_grad():
         ys, info = model(y0)

@@ -227,6 +227,25 @@ def test_exported_program_round_trip(solver: str, pt2_files: Callable[[str], Art
     _check_batches(program.module(), solver, tol=1e-5)
 
 
+def test_per_sample_scalars_are_contiguous_at_batch_one() -> None:
+    # Regression: made by expanding a 0-d tensor, they kept strides (0, 0) at batch 1, which
+    # the while_loop body does not reproduce; AOTInductor then refused a batch-1 adaptive solve
+    # ("carried_inputs and body_output ... stride: (0, 0) vs (1, 1)").
+    from odeserve._api import prepare
+
+    p = prepare(F, _y(1, 4), [0.0, 1.0], solver="dopri5", batch="per_sample", **_settings("dopri5"))
+    assert p.problem.scalar_like(torch.tensor(0.5), 1).stride() == (1, 1)
+
+
+def test_exported_program_of_an_adaptive_solve_at_a_fixed_batch_of_one(tmp_path: Path) -> None:
+    y = _y(1, 4)
+    r = to_exported_program(F, y, tmp_path / "b1.pt2", solver="dopri5", dynamic_batch=False,
+                            parity_batches=(), **_settings("dopri5"))
+    want = solve(F, y, [0.0, 1.0], solver="dopri5", batch="per_sample", **_settings("dopri5"))
+    got = torch.export.load(str(r.path)).module()(y)
+    assert (got[0] - want.ys[-1]).abs().max().item() < 1e-5 and torch.equal(got[1], want.status)
+
+
 # --------------------------------------------------------------------------- AOTInductor
 
 
