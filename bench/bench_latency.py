@@ -373,10 +373,11 @@ NOTES = """
   runs until the slowest sample is done).  "(controller i)" rows use odeserve's I controller.
 * **Where the time goes**: bench/results/latency_profile.md (per-step and fixed costs,
   kernels, nodes, allocations per iteration).
-* **AOTI** (`--aoti`): the batch-1 dopri5 package fails to build (per-sample scalars made
-  by `expand(...).clone()` keep strides (0, 0) at batch 1, which torch.export's while_loop
-  check rejects); the batch-1 RK4 package is built without `decompose_mm_pass`.  With both
-  fixed (prototyped): case (a) 0.36 ms (× 3.0), case (b) 9.3 ms (× 1.9).
+* **AOTI** (`--aoti`): batch-1 packages (`dynamic_batch=False`).  Before commit 72cfee5 the
+  dopri5 one failed to build (per-sample scalars made by `expand(...).clone()` kept strides
+  (0, 0) at batch 1, which torch.export's while_loop check rejects) and the RK4 one was built
+  without `decompose_mm_pass`; latency.md (the three-case run) predates that commit,
+  latency_aoti.md (cases a and b with `--aoti`) follows it.
 """
 
 
