@@ -38,16 +38,9 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable
 
-COLD = not {"--cache", "--quick"} & set(sys.argv) and "TORCHINDUCTOR_CACHE_DIR" not in os.environ
-if COLD:
-    # Cold compiles: Inductor keeps compiled kernels on disk across processes; a fresh
-    # directory (removed at exit) makes every compile time in the report a first compile.
-    import atexit
-    import shutil
-    import tempfile
+from cold_cache import use_cold_cache  # noqa: E402  (before torch: sets Inductor's cache directory)
 
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="odeserve_bench_inductor_")
-    atexit.register(shutil.rmtree, os.environ["TORCHINDUCTOR_CACHE_DIR"], ignore_errors=True)
+COLD = use_cold_cache()
 
 import torch  # noqa: E402
 

@@ -29,14 +29,9 @@ import os
 import sys
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # also the OpenMP of AOTInductor's compiled code
-COLD = not {"--cache", "--quick"} & set(sys.argv) and "TORCHINDUCTOR_CACHE_DIR" not in os.environ
-if COLD:
-    import atexit
-    import shutil
-    import tempfile as _tempfile
+from cold_cache import use_cold_cache  # noqa: E402  (before torch: sets Inductor's cache directory)
 
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = _tempfile.mkdtemp(prefix="odeserve_bench_inductor_")
-    atexit.register(shutil.rmtree, os.environ["TORCHINDUCTOR_CACHE_DIR"], ignore_errors=True)
+COLD = use_cold_cache()
 
 import argparse  # noqa: E402
 import tempfile  # noqa: E402
