@@ -358,17 +358,32 @@ def fixed_while(P: Problem, grid: FixedGrid, y0: Tensor) -> tuple[Tensor, Tensor
     n_int = P.t_interior.shape[0]
     slot = torch.tensor([s if s >= 0 else n_int for s in grid.slot], dtype=torch.int64, device=y0.device)
     times, dts = grid.times, torch.diff(grid.times)
-    buf = _output_buffer(y0, n_int + 1)
     n = torch.tensor(grid.steps, dtype=torch.int64, device=y0.device)
 
-    def cond(i: Tensor, y: Tensor, buf: Tensor) -> Tensor:
+    i0 = torch.zeros((), dtype=torch.int64, device=y0.device)
+
+    def cond(i: Tensor, *carry: Tensor) -> Tensor:
         return i < n
 
-    def body(i: Tensor, y: Tensor, buf: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def step(i: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         # index_select, not times[i]: a data-dependent index must stay a tensor op to trace
         at = i.reshape(1)
-        y = P.solver.step(P.rhs, times.index_select(0, at).reshape(()), y, dts.index_select(0, at).reshape(()), None).y
+        return at, P.solver.step(P.rhs, times.index_select(0, at).reshape(()), y, dts.index_select(0, at).reshape(()), None).y
+
+    if n_int == 0:
+        # No interior outputs (a static fact): no buffer to carry or write, a few ops fewer
+        # per step in every graph (ONNX nodes, compiled kernels' loop inputs).
+        def body_final(i: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+            return i + 1, step(i, y)[1]
+
+        _, y = torch.while_loop(cond, body_final, (i0, y0))
+        return y0.new_zeros((0,) + tuple(y0.shape)), y
+
+    buf = _output_buffer(y0, n_int + 1)
+
+    def body(i: Tensor, y: Tensor, buf: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        at, y = step(i, y)
         return i + 1, y, buf.index_copy(0, slot.index_select(0, at), y.unsqueeze(0))
 
-    _, y, buf = torch.while_loop(cond, body, (torch.zeros((), dtype=torch.int64, device=y0.device), y0, buf))
+    _, y, buf = torch.while_loop(cond, body, (i0, y0, buf))
     return buf[:n_int], y

@@ -69,6 +69,9 @@ def test_ctrl_c_during_training_exits_130_and_leaves_no_model_file(tmp_path: Pat
     proc = subprocess.Popen(
         [sys.executable, "-m", "odeserve", "demo", "--quick", "--epochs", "100000", "--out", str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        # A child inherits an ignored SIGINT (pytest-xdist workers ignore it), and Python then
+        # installs no KeyboardInterrupt handler: give the demo the default, as a shell would.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         assert proc.stdout is not None
