@@ -249,21 +249,17 @@ NOTES = """
 ## Notes on the misses
 
 * **Loop export time.**  Trace + conversion takes the same time for 10, 100 or 1000 steps (the
-  graph is the same: one `Loop`, the same node count); on this shared 2-core machine it varied
-  between about 8 and 17 s from run to run with the load average (3–5 during these runs), so
-  the 15 s target is met on a quiet machine and can be missed under load.  The file grows only
-  by the grid's data (N + 1 step times and N output slots: 12 bytes per step).
-* **ORT vs its floor at batch 1.**  The floor is the same number of f evaluations in one ORT
-  `Loop`.  With this small f (2 → 64 → 64 → 2: six ONNX nodes per evaluation) a solver step
-  costs more nodes than its f evaluations: RK4 adds its stage sums, the step's time and
-  step-size gathers and the output-buffer write (about 70 nodes per step next to 24 for the
-  four evaluations), so batch 1 — where every node costs its dispatch, not its arithmetic —
-  lands near 2×; at batch 256 the arithmetic dominates and the ratio is about 1.1.  Dopri5's
-  per-sample step control (error norm, controller, accept/reject masks, status, about 250
-  nodes per attempted step) costs more than six evaluations of this f at any batch size.  A
-  larger f moves both towards 1.  (Not writing the output buffer when there are no interior
-  output times would remove about 11 nodes per fixed step; that is a change to the core
-  loop, proposed, not made.)
+  graph is the same: one `Loop`, the same node count); it varies with the machine's load (4.5 s
+  on a quiet machine, 10–17 s at load 3–5 on this shared 2-core box).  The file grows only by
+  the grid's data (N + 1 step times: 8 bytes per step).
+* **ORT vs its floor.**  The floor is the same number of f evaluations in one ORT `Loop`.  ORT
+  pays ≈ 1 µs per node whatever the node does, so at batch 1 the count of non-f nodes per step
+  decides.  RK4 (82 nodes in the whole graph since the per-evaluation `t` broadcast, the
+  `Mul`-by-1 and, without interior output times, the output-buffer write were removed; 111
+  before) is now within 1.3 of its floor with one thread.  Dopri5's per-sample step control
+  (error norm, controller, accept/reject masks, status: ≈ 200 nodes per attempted step against
+  6 × 6 nodes of f) still costs more than six evaluations of this small f, at any batch size; a
+  larger f moves it towards 1.
 * **Two threads.**  The machine has two cores shared with other jobs: two OpenMP threads in
   torch spin against them (eager and compiled torch at batch 256 take seconds), so the
   2-thread rows say more about the machine than about the runtimes.
