@@ -356,10 +356,8 @@ def fixed_while(P: Problem, grid: FixedGrid, y0: Tensor) -> tuple[Tensor, Tensor
     """Fixed steps as a ``torch.while_loop``: graph size independent of the step count.
     Outputs land in a buffer with one scratch slot for steps that end between outputs."""
     n_int = P.t_interior.shape[0]
-    slot = torch.tensor([s if s >= 0 else n_int for s in grid.slot], dtype=torch.int64, device=y0.device)
     times, dts = grid.times, torch.diff(grid.times)
     n = torch.tensor(grid.steps, dtype=torch.int64, device=y0.device)
-
     i0 = torch.zeros((), dtype=torch.int64, device=y0.device)
 
     def cond(i: Tensor, *carry: Tensor) -> Tensor:
@@ -379,6 +377,7 @@ def fixed_while(P: Problem, grid: FixedGrid, y0: Tensor) -> tuple[Tensor, Tensor
         _, y = torch.while_loop(cond, body_final, (i0, y0))
         return y0.new_zeros((0,) + tuple(y0.shape)), y
 
+    slot = torch.tensor([s if s >= 0 else n_int for s in grid.slot], dtype=torch.int64, device=y0.device)
     buf = _output_buffer(y0, n_int + 1)
 
     def body(i: Tensor, y: Tensor, buf: Tensor) -> tuple[Tensor, Tensor, Tensor]:

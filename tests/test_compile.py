@@ -34,13 +34,10 @@ def _options(solver: str) -> dict:
 
 @pytest.fixture(autouse=True)
 def _fresh_dynamo():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
     torch._dynamo.reset()
     counters.clear()
     yield
     torch._dynamo.reset()
-    torch.set_num_threads(n)
 
 
 class MLP(nn.Module):

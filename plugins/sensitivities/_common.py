@@ -141,7 +141,8 @@ class RhsVJP:
         self.prepared = prepared
         self.params = tuple(params)
         self.names = names
-        self.live: bool | None = None
+        # Made in the backward pass, after the forward returned: what f holds now is final.
+        self.live = self._f_holds_params()
 
     def _f_holds_params(self) -> bool:
         """Whether ``f`` holds the saved tensors themselves (not functorch-wrapped stand-ins).
@@ -155,8 +156,6 @@ class RhsVJP:
         return all(held.get(n) is p for n, p in zip(self.names, self.params))
 
     def __call__(self, t: Tensor, z: Tensor, a: Tensor) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
-        if self.live is None:
-            self.live = self._f_holds_params()
         if self.names is not None and not self.live:
             names = self.names
 
