@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from odeserve._api import PreparedSolve
 from odeserve._loop import FixedGrid
 from odeserve.errors import InvalidOptionError
+from odeserve.solver import Const
 
 from ._artifact import METADATA_PREFIX, DataDependentControlFlowError, ExportError, UnsupportedOpError, stringify
 
@@ -227,7 +228,9 @@ def export_dynamo(module: nn.Module, args: tuple[Tensor, ...], names: tuple[list
                    dynamic: Sequence[bool], opset: int) -> Any:
     batch = torch.export.Dim("batch")
     shapes = (tuple({0: batch} if d else None for d in dynamic),)  # forward(*inputs): one varargs entry
-    with translated_errors("dynamo"), warnings.catch_warnings(), _quiet_logs():
+    # Const.as_tensors: coefficients stay tensors (initializers of the state's dtype); as
+    # literal ops they would pass through float32 ONNX attributes.
+    with translated_errors("dynamo"), warnings.catch_warnings(), _quiet_logs(), Const.as_tensors():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
             module, args, dynamo=True, input_names=names[0], output_names=names[1], dynamic_shapes=shapes,

@@ -239,6 +239,7 @@ def prepare(
         )
         c = lambda v: torch.tensor(v, dtype=dtype, device=device)  # noqa: E731
         P.rtol, P.atol, P.one = c(rtol_v), c(atol_v), c(1.0)
+        P.values = {"rtol": (P.rtol, rtol_v), "atol": (P.atol, atol_v), "one": (P.one, 1.0)}
         P.zero_atol = atol_v == 0
         P.dt0 = None if dt0 is None else c(_positive("dt0", dt0))
         P.dt_min = c(_positive("dt_min", dt_min, True)) if dt_min else None

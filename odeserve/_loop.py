@@ -11,14 +11,14 @@ solver's ``step`` the same way.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple
 
 import torch
 from torch import Tensor
 
 from .solution import Status
-from .solver import RHS, Solver, StepSizeController
+from .solver import RHS, Const, Solver, StepSizeController
 
 __all__ = ["Problem", "AdaptiveState", "FixedGrid", "LoopResult"]
 
@@ -45,6 +45,18 @@ class Problem:
     max_steps: int = 10_000
     one: Tensor | None = None  # 1 in the state's dtype
     zero_atol: bool = False  # pure relative error control (guards 0/0 in the error norm)
+    #: name → (the tensor field it was made as, its value): see :meth:`k`
+    values: dict[str, tuple[Tensor, float]] = field(default_factory=dict)
+
+    def k(self, name: str) -> Tensor:
+        """The constant field ``name`` (``one``, ``rtol``, ``atol``), as :class:`~odeserve.solver.Const`
+        gives constants: a literal op while torch.compile/export trace, the tensor otherwise.
+        A field replaced since (``dataclasses.replace``) is returned as it is."""
+        value = getattr(self, name)
+        known = self.values.get(name)
+        if known is not None and known[0] is value and Const.literals and torch.compiler.is_compiling():
+            return torch.full((), known[1], dtype=value.dtype, device=value.device)
+        return value
 
     def mean(self, x: Tensor) -> Tensor:
         """Mean over one error-norm group: a sample (keeps ``(rows, 1)``) or the whole batch."""
@@ -175,12 +187,13 @@ def adaptive_step(
 
     res = solver.step(P.rhs, st.t, st.y, dt, st.f0)
     assert res.f is not None
-    scale = torch.addcmul(P.atol, P.rtol, torch.maximum(st.y.abs(), res.y.abs()))
+    one = P.k("one")
+    scale = torch.addcmul(P.k("atol"), P.k("rtol"), torch.maximum(st.y.abs(), res.y.abs()))
     if P.zero_atol:
         # Pure relative control: a component that is exactly 0 has nothing to measure.
-        scale = torch.where(scale == 0, P.one, scale)
+        scale = torch.where(scale == 0, one, scale)
     ratio = solver.error_ratio(res.err, scale, P.mean).detach()
-    ok = ratio <= P.one  # False for NaN
+    ok = ratio <= one  # False for NaN
     if masked:
         running = st.status == RUNNING
         accept, reject = running & ok, running & ~ok
@@ -194,7 +207,7 @@ def adaptive_step(
         ahead, reached = (t_out > st.t, t_out <= t_new) if fwd else (t_out < st.t, t_out >= t_new)
         due = accept & ahead & reached
         if eager_skip is None or not eager_skip(due):
-            theta = (t_out - st.t) / torch.where(dt == 0, P.one, dt)
+            theta = (t_out - st.t) / torch.where(dt == 0, one, dt)
             vals = solver.interpolate(P.rhs, st.t, dt, st.y, st.f0, res, theta)
             ys = torch.where(due, vals, ys)
 

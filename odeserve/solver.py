@@ -9,18 +9,58 @@ TorchScript.
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
-from typing import Any, Callable, ClassVar, NamedTuple
+from typing import Any, Callable, ClassVar, Iterator, NamedTuple
 
 import torch
 from torch import Tensor
 
 from ._interp import HermiteInterpolant
 
-__all__ = ["Solver", "StepResult", "StepSizeController", "Sensitivity", "RHS"]
+__all__ = ["Const", "Solver", "StepResult", "StepSizeController", "Sensitivity", "RHS"]
 
 #: The loop's view of ``f``: ``rhs(t, y)`` with ``y`` the flat ``(rows, D)`` state.
 RHS = Callable[[Tensor, Tensor], Tensor]
+
+
+class Const:
+    """A scalar constant of a solve's dtype and device; ``k()`` gives it as a 0-d tensor.
+
+    Eager code gets one tensor made once.  While ``torch.compile`` or ``torch.export``
+    traces, ``k()`` is ``torch.full`` of the value instead: an op, which Inductor writes into
+    its kernels as a literal, where a captured tensor would become one more input that the
+    compiled ``while_loop`` re-wraps on every iteration (dopri5 with its controller had ~40).
+    Either way the value has the solve's dtype (a float64 graph keeps every digit).
+    """
+
+    __slots__ = ("value", "tensor")
+
+    #: Off inside :meth:`as_tensors` (the ONNX exporter: an ONNX ``value`` attribute is a
+    #: float32, so a literal would round a float64 coefficient).
+    literals = True
+
+    def __init__(self, value: float, dtype: torch.dtype, device: torch.device) -> None:
+        self.value = float(value)
+        self.tensor = torch.tensor(self.value, dtype=dtype, device=device)
+
+    def __call__(self) -> Tensor:
+        if Const.literals and torch.compiler.is_compiling():
+            return torch.full((), self.value, dtype=self.tensor.dtype, device=self.tensor.device)
+        return self.tensor
+
+    @staticmethod
+    @contextlib.contextmanager
+    def as_tensors() -> Iterator[None]:
+        """Within: every constant is its tensor, even while tracing."""
+        before, Const.literals = Const.literals, False
+        try:
+            yield
+        finally:
+            Const.literals = before
+
+    def __float__(self) -> float:
+        return self.value
 
 
 class StepResult(NamedTuple):

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from odeserve.hookspecs import hookimpl
-from odeserve.solver import StepSizeController
+from odeserve.solver import Const, StepSizeController
 
 __all__ = ["IController", "PIController"]
 
@@ -31,22 +31,20 @@ class IController(StepSizeController):
     ) -> None:
         super().__init__(error_exponent=error_exponent, dtype=dtype, device=device)
         _check_factors(safety, factor_min, factor_max, options)
-        self.safety = self.const(safety)
-        self.factor_min = self.const(factor_min)
-        self.factor_max = self.const(factor_max)
-        self.one = self.const(1.0)
-        self.alpha = self.const(-1.0 / error_exponent)
+        c = lambda v: Const(v, dtype, device)  # noqa: E731
+        self.safety, self.factor_min, self.factor_max = c(safety), c(factor_min), c(factor_max)
+        self.one, self.alpha = c(1.0), c(-1.0 / error_exponent)
 
     def init_memory(self, like: Tensor) -> Tensor:
         return torch.ones_like(like)
 
     def _finish(self, factor: Tensor, accept: Tensor) -> Tensor:
         factor = torch.nan_to_num(factor, nan=0.0, posinf=float("inf"))
-        factor = torch.clamp(factor, self.factor_min, self.factor_max)
-        return torch.where(accept, factor, torch.minimum(factor, self.one))
+        factor = torch.clamp(factor, self.factor_min(), self.factor_max())
+        return torch.where(accept, factor, torch.minimum(factor, self.one()))
 
     def adapt(self, dt: Tensor, ratio: Tensor, memory: Tensor, accept: Tensor) -> tuple[Tensor, Tensor]:
-        return self._finish(self.safety * torch.pow(ratio, self.alpha), accept), memory
+        return self._finish(self.safety() * torch.pow(ratio, self.alpha()), accept), memory
 
 
 class PIController(IController):
@@ -63,13 +61,13 @@ class PIController(IController):
         beta1: float = 0.85, beta2: float = 0.2, **options: Any,
     ) -> None:
         super().__init__(error_exponent=error_exponent, dtype=dtype, device=device, **options)
-        self.alpha = self.const(-beta1 / error_exponent)
-        self.beta = self.const(beta2 / error_exponent)
-        self.floor = self.const(1e-4)
+        self.alpha = Const(-beta1 / error_exponent, dtype, device)
+        self.beta = Const(beta2 / error_exponent, dtype, device)
+        self.floor = Const(1e-4, dtype, device)
 
     def adapt(self, dt: Tensor, ratio: Tensor, memory: Tensor, accept: Tensor) -> tuple[Tensor, Tensor]:
-        factor = self.safety * torch.pow(ratio, self.alpha) * torch.pow(memory, self.beta)
-        new_memory = torch.where(accept, torch.clamp(torch.nan_to_num(ratio, nan=1.0), min=self.floor), memory)
+        factor = self.safety() * torch.pow(ratio, self.alpha()) * torch.pow(memory, self.beta())
+        new_memory = torch.where(accept, torch.clamp(torch.nan_to_num(ratio, nan=1.0), min=self.floor()), memory)
         return self._finish(factor, accept), new_memory
 
 

@@ -227,6 +227,17 @@ def test_exported_program_round_trip(solver: str, pt2_files: Callable[[str], Art
     _check_batches(program.module(), solver, tol=1e-5)
 
 
+def test_solver_constants_do_not_enter_the_loop(pt2_files: Callable[[str], ArtifactExport]) -> None:
+    # Const: while torch.export traces, tableau coefficients, controller gains and rtol/atol
+    # are literal ops, not captured tensors the compiled while_loop re-wraps every iteration
+    # (dopri5's body had ~56 inputs).  What is left: the iteration count, the 9 loop carries,
+    # f's parameters and the end time.
+    program = torch.export.load(str(pt2_files("dopri5").path))
+    body = program.graph_module.while_loop_body_graph_0
+    inputs = [n for n in body.graph.nodes if n.op == "placeholder"]
+    assert len(inputs) <= 1 + 9 + len(list(F.parameters())) + 2, len(inputs)
+
+
 def test_per_sample_scalars_are_contiguous_at_batch_one() -> None:
     # Regression: made by expanding a 0-d tensor, they kept strides (0, 0) at batch 1, which
     # the while_loop body does not reproduce; AOTInductor then refused a batch-1 adaptive solve
@@ -258,6 +269,11 @@ def test_aoti_round_trip(tmp_path: Path) -> None:
     assert meta["format"] == libtorch.FORMATS["aoti"] and meta["steps"] == "3" and "parity_error" in meta
     model = load_aoti(result.path)
     assert model._model.get_metadata()["odeserve.solver"] == "rk4"  # compiled in, for C++ too
+    # Called through the package's flat C++ run (no pytree specs parsed per call): the same
+    # outputs as the generic AOTICompiledModel call.
+    assert model._run is not None
+    y = _y(3, 9)
+    assert all(torch.equal(a, b) for a, b in zip(model(y), model._model(y)))
     for b in BATCHES:
         y = _y(b, 100 + b)
         want = solve(F, y, [0.0, 1.0], solver="rk4", steps=3, batch="per_sample")

@@ -23,3 +23,25 @@ def test_parameter_gradients_through_while_loop_equal_python_loop(solver, kw):
         grads.append(torch.cat([p.grad.reshape(-1) for p in f.parameters()]))
     assert grads[0].abs().max() > 1e-3
     assert torch.allclose(grads[0], grads[1], rtol=1e-10, atol=1e-12)
+
+
+def test_const_is_a_literal_while_tracing_and_a_tensor_otherwise():
+    from odeserve.solver import Const
+
+    third = Const(1.0 / 3.0, torch.float64, torch.device("cpu"))
+    assert third() is third.tensor and float(third) == 1.0 / 3.0  # eager: the one tensor
+
+    class Scale(nn.Module):
+        def forward(self, x):
+            return x * third()
+
+    x = torch.ones(3, dtype=torch.float64)
+    program = torch.export.export(Scale(), (x,))
+    assert not program.constants  # an op in the graph, no captured tensor
+    assert torch.equal(program.module()(x), x / 3.0)  # every float64 digit kept
+    with Const.as_tensors():
+        assert len(torch.export.export(Scale(), (x,)).constants) == 1
+    assert Const.literals
+    with pytest.raises(RuntimeError), Const.as_tensors():
+        raise RuntimeError
+    assert Const.literals  # restored on the way out of an error too

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from odeserve._interp import HermiteInterpolant
-from odeserve.solver import RHS, Solver, StepResult
+from odeserve.solver import RHS, Const, Solver, StepResult
 from odeserve.tableau import ButcherTableau
 
 __all__ = ["ExplicitRK"]
@@ -17,9 +17,10 @@ __all__ = ["ExplicitRK"]
 class ExplicitRK(Solver):
     """Explicit Runge–Kutta method driven by ``tableau``.
 
-    Stage ``i`` is ``f(t + c_i dt, y + dt Σ_j a_ij k_j)``; the weighted sum over stages is one
-    matrix product of a coefficient row (a tensor of the state's dtype, made once) with the
-    stacked stages, so a float64 graph never holds a coefficient rounded to float32.
+    Stage ``i`` is ``f(t + c_i dt, y + dt Σ_j a_ij k_j)``; the weighted sums are chains of
+    fused multiply-adds over the non-zero coefficients, each a 0-d value of the state's dtype
+    (:class:`~odeserve.solver.Const`), so a float64 graph never holds a coefficient rounded
+    to float32.
     """
 
     tableau: ClassVar[ButcherTableau]
@@ -44,14 +45,14 @@ class ExplicitRK(Solver):
     def __init__(self, dtype: torch.dtype, device: torch.device) -> None:
         super().__init__(dtype, device)
         tab = self.tableau
-        self._consts: dict[float, Tensor] = {}
+        self._consts: dict[float, Const] = {}
 
         def nonzero(weights: tuple[float, ...] | None) -> list[tuple[int, float]]:
             if weights is None:
                 return []
             terms = [(j, v) for j, v in enumerate(weights) if v != 0.0]
             for _, v in terms:
-                self._k(v)
+                self._add(v)
             return terms
 
         self._a_terms = [nonzero(row) for row in tab.a]
@@ -61,25 +62,32 @@ class ExplicitRK(Solver):
             self._err_terms.append(nonzero(tab.b_error_aux))
         self._mid_terms = nonzero(tab.b_mid)
         for c in tab.c:
-            self._k(c)
-        self._hundredth = self.const(0.01)
+            self._add(c)
+        self._tensors = {v: c.tensor for v, c in self._consts.items()}
+        self._hundredth = Const(0.01, self.dtype, self.device)
         if tab.b_mid is not None:
             self._quartic = HermiteInterpolant(True, dtype, device)
 
-    def _k(self, value: float) -> Tensor:
-        """The coefficient ``value`` as a 0-d tensor of the solve's dtype (made once)."""
-        k = self._consts.get(value)
-        if k is None:
-            k = self._consts[value] = self.const(value)
-        return k
+    def _add(self, value: float) -> None:
+        if value not in self._consts:
+            self._consts[value] = Const(value, self.dtype, self.device)
 
-    def _sum(self, terms: list[tuple[int, float]], ks: list[Tensor] | tuple[Tensor, ...]) -> Tensor:
+    def _coefficients(self) -> Callable[[float], Tensor]:
+        """``value ↦`` the coefficient as a 0-d tensor of the solve's dtype: the tensors made
+        once, or literal ops while torch.compile/export trace (see :class:`Const`).  Decided
+        once per step: eager steps pay one dict lookup per coefficient."""
+        if Const.literals and torch.compiler.is_compiling():
+            return lambda v: self._consts[v]()
+        return self._tensors.__getitem__
+
+    def _sum(self, terms: list[tuple[int, float]], ks: list[Tensor] | tuple[Tensor, ...],
+             k: Callable[[float], Tensor]) -> Tensor:
         """Σ_j w_j k_j over the non-zero weights.  A chain of fused multiply-adds: at small
         batch this is a third of the cost of stacking the stages for one matmul."""
         (j0, v0), rest = terms[0], terms[1:]
-        acc = ks[j0] * self._k(v0)
+        acc = ks[j0] * k(v0)
         for j, v in rest:
-            acc = torch.addcmul(acc, ks[j], self._k(v))
+            acc = torch.addcmul(acc, ks[j], k(v))
         return acc
 
     def _combine(self, weights: Tensor, ks: list[Tensor] | tuple[Tensor, ...]) -> Tensor:
@@ -90,18 +98,19 @@ class ExplicitRK(Solver):
 
     def step(self, rhs: RHS, t: Tensor, y: Tensor, dt: Tensor, f0: Tensor | None) -> StepResult:
         tab = self.tableau
+        k = self._coefficients()
         # dt·v and t + c·dt are shared between stages within the step (RK4: both half steps).
         scaled: dict[float, Tensor] = {1.0: dt}
         nodes: dict[float, Tensor] = {0.0: t}
 
         def h(v: float) -> Tensor:
             if v not in scaled:
-                scaled[v] = dt * self._k(v)
+                scaled[v] = dt * k(v)
             return scaled[v]
 
         def node(c: float) -> Tensor:
             if c not in nodes:
-                nodes[c] = t + scaled[c] if c in scaled else torch.addcmul(t, self._k(c), dt)
+                nodes[c] = t + scaled[c] if c in scaled else torch.addcmul(t, k(c), dt)
             return nodes[c]
 
         ks = [rhs(t, y) if f0 is None else f0]
@@ -113,7 +122,7 @@ class ExplicitRK(Solver):
             elif len(terms) == 1:
                 y_stage = torch.addcmul(y, ks[terms[0][0]], h(terms[0][1]))
             else:
-                y_stage = torch.addcmul(y, self._sum(terms, ks), dt)
+                y_stage = torch.addcmul(y, self._sum(terms, ks, k), dt)
             ks.append(rhs(node(tab.c[i]), y_stage))
         if tab.fsal:
             y_new, f_new = y_stage, ks[-1]
@@ -121,11 +130,11 @@ class ExplicitRK(Solver):
             if len(self._b_terms) == 1:
                 y_new = torch.addcmul(y, ks[self._b_terms[0][0]], h(self._b_terms[0][1]))
             else:
-                y_new = torch.addcmul(y, self._sum(self._b_terms, ks), dt)
+                y_new = torch.addcmul(y, self._sum(self._b_terms, ks, k), dt)
             f_new = rhs(node(1.0), y_new) if tab.embedded else None
             if f_new is not None:
                 ks.append(f_new)
-        err = tuple(self._sum(terms, ks) * dt for terms in self._err_terms)
+        err = tuple(self._sum(terms, ks, k) * dt for terms in self._err_terms)
         return StepResult(y_new, f_new, err, None, tuple(ks))
 
     def interpolate(
@@ -134,7 +143,7 @@ class ExplicitRK(Solver):
         if not self._mid_terms:
             return super().interpolate(rhs, t, dt, y0, f0, res, theta)
         assert res.f is not None
-        y_mid = torch.addcmul(y0, self._sum(self._mid_terms, res.ks), dt)
+        y_mid = torch.addcmul(y0, self._sum(self._mid_terms, res.ks, self._coefficients()), dt)
         return self._quartic(theta, dt, y0, res.y, f0, res.f, y_mid)
 
     def error_ratio(self, err: tuple[Tensor, ...], scale: Tensor, mean: Callable[[Tensor], Tensor]) -> Tensor:
@@ -144,5 +153,5 @@ class ExplicitRK(Solver):
         # ‖e5‖² / sqrt(‖e5‖² + 0.01 ‖e3‖²), in mean-square form.
         e5 = mean(torch.square(err[0] / scale))
         e3 = mean(torch.square(err[1] / scale))
-        denom = torch.sqrt(e5 + self._hundredth * e3)
+        denom = torch.sqrt(e5 + self._hundredth() * e3)
         return torch.where(denom > 0, e5 / torch.where(denom > 0, denom, torch.ones_like(denom)), e5)
