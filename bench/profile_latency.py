@@ -14,7 +14,10 @@ robin, and the difference gives the **time per step** and the **fixed cost per c
   profile (per-node times summed by op type, and their share of the run);
 * diffrax (``jax.jit``): XLA fusions and dots in the optimised HLO.
 
-Run: ``python bench/profile_latency.py [--quick]``; writes bench/results/latency_profile.json/.md.
+* AOTInductor (``--aoti``): a batch-1 package per step count, called as a user does
+  (``load_aoti``) and as its bare C++ ``run``; the same counts from its generated wrapper.
+
+Run: ``python bench/profile_latency.py [--quick] [--aoti]``; writes bench/results/latency_profile.json/.md.
 """
 
 from __future__ import annotations
@@ -115,6 +118,28 @@ def compiled_paths(f: torch.nn.Module, y0: torch.Tensor, opts: dict[str, Any]) -
             "compiled: graph, guards skipped": skip_guards}, {"compile_s": setup, **counts}
 
 
+# --------------------------------------------------------------------------- AOTInductor
+
+
+def aoti_path(f: torch.nn.Module, y0: torch.Tensor, opts: dict[str, Any], tmp: Path, tag: str) -> tuple[dict, dict]:
+    """A batch-1 package (``to_aoti(dynamic_batch=False)``), called as a user does and as its
+    bare C++ ``run``; the counts come from the package's own generated wrapper."""
+    import zipfile
+
+    from odeserve.export import load_aoti, to_aoti
+
+    path = tmp / f"{tag}.pt2"
+    t = time.perf_counter()
+    to_aoti(f, y0, path, dynamic_batch=False, progress=False, parity_batches=(), **opts)
+    setup = time.perf_counter() - t
+    with zipfile.ZipFile(path) as z:
+        code = "\n".join(z.read(n).decode() for n in z.namelist() if n.endswith(".wrapper.cpp"))
+    model = load_aoti(path)
+    run = model._run
+    return ({"AOTI": lambda: model(y0), "AOTI: C++ run only": lambda: run([y0])},
+            {"build_s": setup, **compiled_code_counts(code)})
+
+
 # --------------------------------------------------------------------------- ORT
 
 
@@ -213,6 +238,12 @@ def profile_problem(name: str, args: argparse.Namespace, tmp: Path) -> dict[str,
         for n, fn in comp.items():
             fns[f"{n}|{tag}"] = fn
             steps[n].append(steps["odeserve eager"][-1])
+        if args.aoti:
+            aoti, ainfo = aoti_path(f, y0, opts, tmp, f"{name[:3]}-{tag}")
+            info.setdefault("AOTI", {})[tag] = ainfo
+            for n, fn in aoti.items():
+                fns[f"{n}|{tag}"] = fn
+                steps[n].append(steps["odeserve eager"][-1])  # batch 1: per sample = joint
         model, oinfo = ort_path(f, y0, opts, tmp, f"{name[:3]}-{tag}")
         feeds = {model.state_inputs[0]: y0.numpy()}
         fns[f"ORT|{tag}"] = lambda s=model.session, feeds=feeds: s.run(None, feeds)
@@ -255,6 +286,8 @@ def report(results: list[dict[str, Any]], env: dict[str, Any]) -> str:
             ["eager: ATen ops per step", fmt(e["ops"] / max(e["steps"], 1))],
             ["eager: ATen ops in one f call", e["ops_in_f"]],
             *[[f"compiled: {k} per loop iteration", v] for k, v in c.items() if k != "compile_s"],
+            *[[f"AOTI: {k} per loop iteration", v] for k, v in info.get("AOTI", {}).get("lo", {}).items()
+              if k != "build_s"],
             ["ORT: nodes in the Loop body", o["loop body nodes"]],
             ["ORT: node executions per step (profiled)", fmt(o["node executions per run"] / max(o["steps"], 1))],
             ["ORT: share of a profiled run inside node kernels (the profiler itself slows ORT ~10×)", fmt(o["sum of node kernel times us"] / o["profiled run us"], 2)],
@@ -269,6 +302,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--max-seconds", type=float, default=None)
     ap.add_argument("--problems", default=",".join(PROBLEMS))
+    ap.add_argument("--aoti", action="store_true", help="also batch-1 AOTInductor packages (a minute each, 4 in all)")
     args = ap.parse_args()
     args.repeats = args.repeats or (5 if args.quick else 15)
     args.max_seconds = args.max_seconds or (30.0 if args.quick else 150.0)

@@ -45,18 +45,16 @@ class Problem:
     max_steps: int = 10_000
     one: Tensor | None = None  # 1 in the state's dtype
     zero_atol: bool = False  # pure relative error control (guards 0/0 in the error norm)
-    #: name → (the tensor field it was made as, its value): see :meth:`k`
-    values: dict[str, tuple[Tensor, float]] = field(default_factory=dict)
+    #: the :class:`~odeserve.solver.Const` each of ``one``, ``rtol``, ``atol`` was made as: see :meth:`k`
+    consts: dict[str, Const] = field(default_factory=dict)
 
     def k(self, name: str) -> Tensor:
-        """The constant field ``name`` (``one``, ``rtol``, ``atol``), as :class:`~odeserve.solver.Const`
-        gives constants: a literal op while torch.compile/export trace, the tensor otherwise.
-        A field replaced since (``dataclasses.replace``) is returned as it is."""
+        """The constant field ``name`` (``one``, ``rtol``, ``atol``) as :class:`~odeserve.solver.Const`
+        gives it: a literal op while torch.compile/export trace, the tensor otherwise.  A field
+        replaced since (``dataclasses.replace``) is returned as it is."""
         value = getattr(self, name)
-        known = self.values.get(name)
-        if known is not None and known[0] is value and Const.literals and torch.compiler.is_compiling():
-            return torch.full((), known[1], dtype=value.dtype, device=value.device)
-        return value
+        c = self.consts.get(name)
+        return c() if c is not None and c.tensor is value else value
 
     def mean(self, x: Tensor) -> Tensor:
         """Mean over one error-norm group: a sample (keeps ``(rows, 1)``) or the whole batch."""

@@ -34,7 +34,7 @@ class Const:
     Either way the value has the solve's dtype (a float64 graph keeps every digit).
     """
 
-    __slots__ = ("value", "tensor")
+    __slots__ = ("value", "tensor", "_text")
 
     #: Off inside :meth:`as_tensors` (the ONNX exporter: an ONNX ``value`` attribute is a
     #: float32, so a literal would round a float64 coefficient).
@@ -43,10 +43,17 @@ class Const:
     def __init__(self, value: float, dtype: torch.dtype, device: torch.device) -> None:
         self.value = float(value)
         self.tensor = torch.tensor(self.value, dtype=dtype, device=device)
+        # The value as text (repr round-trips a float exactly).  Dynamo treats a float it
+        # reads as an input that may change, and once two compiled graphs in a process saw
+        # different values at the same place (e.g. the I and the PI controller's gain) it
+        # makes it symbolic: an ``.item()`` inside the loop, which Inductor cannot lower in
+        # a while_loop body.  A string is always a constant to Dynamo, and ``float()`` of it
+        # folds to a literal at trace time.
+        self._text = repr(self.value)
 
     def __call__(self) -> Tensor:
         if Const.literals and torch.compiler.is_compiling():
-            return torch.full((), self.value, dtype=self.tensor.dtype, device=self.tensor.device)
+            return torch.full((), float(self._text), dtype=self.tensor.dtype, device=self.tensor.device)
         return self.tensor
 
     @staticmethod

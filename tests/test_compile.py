@@ -217,6 +217,27 @@ def test_each_compiled_model_has_its_own_graph_cache():
     assert _graphs() == 2
 
 
+def test_solver_constants_stay_literals_across_compiled_models():
+    """Two compiled models whose controller gains and rtol differ.  Dynamo makes a float it
+    has seen change between graphs symbolic: an ``.item()`` inside the loop body, which
+    Inductor cannot lower in a while_loop ("KeyError: 'unbacked_bindings'").  Const hands
+    Dynamo text, so every graph holds plain literals."""
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    y0 = _y0(1)
+    with torch.no_grad():
+        for controller, rtol in (("pi", 1e-6), ("i", 1e-5)):
+            compile_solve(MLP(), t=T, solver="dopri5", controller=controller, rtol=rtol, atol=1e-8,
+                          backend=backend)(y0)
+    code = "\n".join(m.code for g in graphs for m in g.modules() if isinstance(m, torch.fx.GraphModule))
+    assert len(graphs) == 2 and "while_loop" in code
+    assert ".item()" not in code and "_local_scalar_dense" not in code
+
+
 def test_plain_torch_compile_of_a_prepared_module():
     """``torch.compile(ODEModule(...), fullgraph=True)`` works once the module has been
     prepared eagerly (here by an eager call)."""
