@@ -373,11 +373,11 @@ NOTES = """
   runs until the slowest sample is done).  "(controller i)" rows use odeserve's I controller.
 * **Where the time goes**: bench/results/latency_profile.md (per-step and fixed costs,
   kernels, nodes, allocations per iteration).
-* **AOTI** (`--aoti`): batch-1 packages (`dynamic_batch=False`).  Before commit 72cfee5 the
-  dopri5 one failed to build (per-sample scalars made by `expand(...).clone()` kept strides
-  (0, 0) at batch 1, which torch.export's while_loop check rejects) and the RK4 one was built
-  without `decompose_mm_pass`; latency.md (the three-case run) predates that commit,
-  latency_aoti.md (cases a and b with `--aoti`) follows it.
+* **AOTI** (`--aoti`): batch-1 packages (`dynamic_batch=False`) for (a) and (b), the
+  dynamic-batch package for (c); built with `decompose_mm_pass` at batch 1 and, since commit
+  6551f07, with the solver's constants as literals in the loop (`odeserve.solver.Const`:
+  dopri5's loop body went from ~56 inputs to 14) and called through the package's flat C++
+  `run` (AOTI (a) ×3.1 → ×2.2).
 """
 
 

@@ -15,7 +15,7 @@ robin, and the difference gives the **time per step** and the **fixed cost per c
 * diffrax (``jax.jit``): XLA fusions and dots in the optimised HLO.
 
 * AOTInductor (``--aoti``): a batch-1 package per step count, called as a user does
-  (``load_aoti``) and as its bare C++ ``run``; the same counts from its generated wrapper.
+  (``load_aoti``); the same counts from its generated wrapper.
 
 Run: ``python bench/profile_latency.py [--quick] [--aoti]``; writes bench/results/latency_profile.json/.md.
 """
@@ -122,8 +122,8 @@ def compiled_paths(f: torch.nn.Module, y0: torch.Tensor, opts: dict[str, Any]) -
 
 
 def aoti_path(f: torch.nn.Module, y0: torch.Tensor, opts: dict[str, Any], tmp: Path, tag: str) -> tuple[dict, dict]:
-    """A batch-1 package (``to_aoti(dynamic_batch=False)``), called as a user does and as its
-    bare C++ ``run``; the counts come from the package's own generated wrapper."""
+    """A batch-1 package (``to_aoti(dynamic_batch=False)``), called as a user does
+    (``load_aoti``); the counts come from the package's own generated wrapper."""
     import zipfile
 
     from odeserve.export import load_aoti, to_aoti
@@ -135,9 +135,7 @@ def aoti_path(f: torch.nn.Module, y0: torch.Tensor, opts: dict[str, Any], tmp: P
     with zipfile.ZipFile(path) as z:
         code = "\n".join(z.read(n).decode() for n in z.namelist() if n.endswith(".wrapper.cpp"))
     model = load_aoti(path)
-    run = model._run
-    return ({"AOTI": lambda: model(y0), "AOTI: C++ run only": lambda: run([y0])},
-            {"build_s": setup, **compiled_code_counts(code)})
+    return {"AOTI": lambda: model(y0)}, {"build_s": setup, **compiled_code_counts(code)}
 
 
 # --------------------------------------------------------------------------- ORT

@@ -108,7 +108,9 @@ class Solver(ABC):
         self._hermite = HermiteInterpolant(False, dtype, device)
 
     def const(self, value: float) -> Tensor:
-        """A scalar constant of the solve's dtype and device (made once, outside loops)."""
+        """A scalar constant of the solve's dtype and device (made once, outside loops).  In a
+        compiled or exported loop a tensor becomes one more loop input; a :class:`Const`
+        (called inside :meth:`step`) becomes a literal instead."""
         return torch.tensor(value, dtype=self.dtype, device=self.device)
 
     @abstractmethod
@@ -156,6 +158,7 @@ class StepSizeController(ABC):
         self.device = device
 
     def const(self, value: float) -> Tensor:
+        """As :meth:`Solver.const` (the built-in controllers use :class:`Const`)."""
         return torch.tensor(value, dtype=self.dtype, device=self.device)
 
     @abstractmethod
