@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from odeserve.solver import RHS, Solver, StepResult
+from odeserve.solver import RHS, Const, Solver, StepResult
 
 __all__ = ["ReversibleHeun"]
 
@@ -37,7 +37,7 @@ class ReversibleHeun(Solver):
 
     def __init__(self, dtype: torch.dtype, device: torch.device) -> None:
         super().__init__(dtype, device)
-        self._half = self.const(0.5)
+        self._half = Const(0.5, dtype, device)
 
     def augment(self, rhs: RHS, t0: Tensor, y0: Tensor) -> Tensor:
         return torch.cat([y0, y0, rhs(t0, y0)], dim=-1)
@@ -46,7 +46,7 @@ class ReversibleHeun(Solver):
         z, z_hat, f_hat = torch.chunk(y, 3, dim=-1)
         z_hat_new = torch.addcmul(z + z - z_hat, dt, f_hat)
         f_new = rhs(t + dt, z_hat_new)
-        z_new = torch.addcmul(z, dt * self._half, f_hat + f_new)
+        z_new = torch.addcmul(z, dt * self._half(), f_hat + f_new)
         return StepResult(torch.cat([z_new, z_hat_new, f_new], dim=-1), None, (), None, (f_hat, f_new))
 
     def backward_step(self, rhs: RHS, t1: Tensor, state1: Tensor, dt: Tensor) -> Tensor:
