@@ -20,7 +20,7 @@ from .errors import (
 )
 from .registry import get_registry
 from .solution import Solution, Status
-from .solver import Const, Solver
+from .solver import Solver
 
 __all__ = ["solve", "PreparedSolve", "prepare"]
 
@@ -238,9 +238,7 @@ def prepare(
             **(controller_options or {}),
         )
         c = lambda v: torch.tensor(v, dtype=dtype, device=device)  # noqa: E731
-        P.consts = {n: Const(v, dtype, device) for n, v in (("rtol", rtol_v), ("atol", atol_v), ("one", 1.0))}
-        P.rtol, P.atol, P.one = (P.consts[n].tensor for n in ("rtol", "atol", "one"))
-        P.zero_atol = atol_v == 0
+        P = P.with_tolerances(rtol_v, atol_v)
         P.dt0 = None if dt0 is None else c(_positive("dt0", dt0))
         P.dt_min = c(_positive("dt_min", dt_min, True)) if dt_min else None
         P.dt_max = None if dt_max is None else c(_positive("dt_max", dt_max))

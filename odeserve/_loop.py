@@ -11,6 +11,7 @@ solver's ``step`` the same way.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple
 
@@ -47,6 +48,14 @@ class Problem:
     zero_atol: bool = False  # pure relative error control (guards 0/0 in the error norm)
     #: the :class:`~odeserve.solver.Const` each of ``one``, ``rtol``, ``atol`` was made as: see :meth:`k`
     consts: dict[str, Const] = field(default_factory=dict)
+
+    def with_tolerances(self, rtol: float, atol: float) -> Problem:
+        """A copy with ``rtol``, ``atol`` and ``one`` as tensors of the time's dtype (the
+        state's), each made through :class:`~odeserve.solver.Const` (see :meth:`k`), and
+        ``zero_atol`` set from ``atol``."""
+        like = self.t0
+        consts = {n: Const(v, like.dtype, like.device) for n, v in (("rtol", rtol), ("atol", atol), ("one", 1.0))}
+        return dataclasses.replace(self, consts=consts, zero_atol=atol == 0, **{n: c.tensor for n, c in consts.items()})
 
     def k(self, name: str) -> Tensor:
         """The constant field ``name`` (``one``, ``rtol``, ``atol``) as :class:`~odeserve.solver.Const`

@@ -163,8 +163,7 @@ class AdjointVJP(Sensitivity):
             controller = pi(error_exponent=exponent, dtype=solver.dtype, device=solver.device)
         rtol = self.rtol if self.rtol is not None else (float(P.rtol) if P.rtol is not None else 1e-7)
         atol = self.atol if self.atol is not None else (float(P.atol) if P.atol is not None else 1e-9)
-        c = solver.const
-        return dataclasses.replace(back, controller=controller, rtol=c(rtol), atol=c(atol), one=c(1.0)), False
+        return dataclasses.replace(back.with_tolerances(rtol, atol), controller=controller), False
 
 
 class _Layout:
