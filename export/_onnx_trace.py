@@ -316,11 +316,12 @@ def _drop_multiply_by_one(model: Any) -> None:
 
 
 @contextlib.contextmanager
-def _quiet_logs() -> Iterator[None]:
-    """The exporter logs progress and skipped torchvision ops at WARNING: not the user's news."""
+def _quiet_logs(names: Sequence[str] = ("torch.onnx", "torch.export", "torch._export", "onnxscript")) -> Iterator[None]:
+    """Loggers ``names`` at ERROR meanwhile: the exporters log progress (and the ONNX one
+    skipped torchvision ops) at WARNING, which is not the user's news."""
     import logging
 
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._export", "onnxscript")]
+    loggers = [logging.getLogger(n) for n in names]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)

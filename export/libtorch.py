@@ -64,7 +64,15 @@ from ._artifact import (
     stringify,
     unprefixed,
 )
-from ._onnx_trace import _DATA_DEPENDENT, SolveGraph, _chain, check_no_value_branches, grid_plan, user_frame
+from ._onnx_trace import (
+    _DATA_DEPENDENT,
+    SolveGraph,
+    _chain,
+    _quiet_logs,
+    check_no_value_branches,
+    grid_plan,
+    user_frame,
+)
 from .compile import batch1_matmul_options
 from ._steps import AutoSteps, calibration_inputs, choose_steps
 from .onnx import _comps, _eager, _inference, _Names, _parity_inputs, _Plan, _plan
@@ -623,20 +631,11 @@ def _quiet() -> Iterator[None]:
     (one warning of our own replaces them), the tracer's notes on Python values taken from
     sizes (the parity gate checks other batch sizes; value branches in f were refused
     before), and the exporters' progress logs."""
-    import logging
-
-    loggers = [logging.getLogger(n) for n in ("torch.export", "torch._export", "torch._dynamo", "torch._inductor",
-                                              "torch.fx.experimental.symbolic_shapes")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, lv in zip(loggers, levels):
-            lg.setLevel(lv)
+    names = ("torch.export", "torch._export", "torch._dynamo", "torch._inductor",
+             "torch.fx.experimental.symbolic_shapes")
+    with _quiet_logs(names), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
 
 
 @contextlib.contextmanager
