@@ -217,12 +217,13 @@ ORT_VARIANTS: dict[str, bool] = {
 }
 
 
-def ort_contenders(case: Case, f: torch.nn.Module, y0: torch.Tensor, tmp: Path, names: list[str]) -> dict[str, Contender]:
+def ort_contenders(case: Case, f: torch.nn.Module, y0: torch.Tensor, tmp: Path, names: list[str],
+                   batch: str = "per_sample") -> dict[str, Contender]:
     from odeserve.export import OnnxModel, to_onnx
 
-    path = tmp / f"case-{case.key}{'-' + case.controller if case.controller else ''}.onnx"
+    path = tmp / f"case-{case.key}{'-' + case.controller if case.controller else ''}-{batch}.onnx"
     t = time.perf_counter()
-    export = to_onnx(f, mlp_y0(8, case.dim), path, mode="loop", **case.solve_options)
+    export = to_onnx(f, mlp_y0(8, case.dim), path, mode="loop", batch=batch, **case.solve_options)
     setup = time.perf_counter() - t
     yn = y0.numpy()
     out: dict[str, Contender] = {}
@@ -236,7 +237,7 @@ def ort_contenders(case: Case, f: torch.nn.Module, y0: torch.Tensor, tmp: Path, 
             feeds = {model.state_inputs[0]: yn}
             fn = lambda s=model.session, feeds=feeds: s.run(None, feeds)
         out[name] = Contender(fn, _np(r[model.state_outputs[0]]), setup if name == "ORT" else None, steps,
-                              note="per sample; export " + f"{export.export_seconds:.1f} s + parity gate")
+                              note=f"{batch.replace('_', ' ')}; export {export.export_seconds:.1f} s + parity gate")
     return out
 
 
@@ -288,6 +289,12 @@ def run_case(case: Case, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             contenders.update({f"{n} (controller i)": c for n, c in compiled_contenders(ci, f, y0, ["compiled"]).items()
                                if n == "compiled"})
             contenders.update({f"{n} (controller i)": c for n, c in ort_contenders(ci, f, y0, tmp, ["ORT"]).items()})
+            if case.batch > 1:
+                # to_onnx(batch="joint"): one step size for the batch, as diffrax steps it.
+                for c_ in (case, ci):
+                    label = " (controller i)" if c_.controller else ""
+                    contenders.update({f"{n} joint{label}": c for n, c in
+                                       ort_contenders(c_, f, y0, tmp, ["ORT"], batch="joint").items()})
         if args.aoti:
             contenders.update(aoti_contender(case, f, y0, tmp))
     tol = case.tolerance(ref)

@@ -81,7 +81,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     common: dict[str, Any] = dict(
         solver=args.solver, t0=args.t0, t1=args.t1, steps=steps, rtol=args.rtol, atol=args.atol,
         output_times=_floats(args.output_times), dynamic_times=args.dynamic_times, dtype=dtype,
-        max_steps=args.max_steps, parity_tol=args.parity_tol,
+        max_steps=args.max_steps, controller=args.controller, batch=args.batch_mode, parity_tol=args.parity_tol,
         parity_batches=[int(b) for b in args.parity_batches.split(",") if b],
     )
     fmt = getattr(args, "format", "onnx")

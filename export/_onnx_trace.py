@@ -93,9 +93,12 @@ class SolveGraph(nn.Module):
             ys = torch.where(beyond, torch.full_like(ys, float("nan")), ys)
         out = spec.unflatten(ys[-1] if self.final_only else ys)
         outs = list(out) if spec.is_tuple else [out]
-        outs.append(res.status.reshape(-1))
+        # (batch,) in both modes: a joint solve's one status and step count, for every sample.
+        per_row: Callable[[Tensor], Tensor] = (lambda x: x.reshape(-1)) if spec.per_sample else \
+            (lambda x: x.reshape(-1).expand(rows))
+        outs.append(per_row(res.status))
         if p.adaptive:
-            outs.append((res.accepted + res.rejected).reshape(-1))
+            outs.append(per_row(res.accepted + res.rejected))
         return tuple(outs)
 
 
@@ -407,7 +410,17 @@ def traceable_rhs(f: Any, spec: Any, ones: Tensor) -> Callable[[Tensor, Tensor],
     no reshape where the state already is ``(rows, D)``, and a 0-d ``t`` (fixed-step loop)
     broadcast by one multiply with ``ones`` (``(rows,)``, made once outside the loop) instead
     of a shape computation and an expand.  ``t`` is 0-d or ``(rows, 1)`` (adaptive loop); its
-    rank is static, so the branch below is too."""
+    rank is static, so the branch below is too.
+
+    A ``joint`` spec (``export_prepare(batch="joint")``: the whole batch is one row, its
+    size read from the input) hands ``f`` the loop's ``t`` as it is, as the eager joint
+    solve does."""
+    if not spec.per_sample:
+
+        def joint_rhs(t: Tensor, y: Tensor) -> Tensor:
+            return spec.flatten(f(t, spec.unflatten(y)))
+
+        return joint_rhs
     flat = not spec.is_tuple and len(spec.tails[0]) == 1
 
     def rhs(t: Tensor, y: Tensor) -> Tensor:

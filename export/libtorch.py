@@ -75,7 +75,7 @@ from ._onnx_trace import (
 )
 from .compile import batch1_matmul_options
 from ._steps import AutoSteps, calibration_inputs, choose_steps
-from .onnx import _comps, _eager, _inference, _Names, _parity_inputs, _Plan, _plan
+from .onnx import _comps, _eager, _inference, _Names, _parity_inputs, _Plan, _plan, export_prepare, state_shapes
 
 __all__ = [
     "to_torchscript",
@@ -136,6 +136,7 @@ def to_torchscript(
     atol: float | None = None,
     output_times: Sequence[float] | Tensor | None = None,
     dynamic_times: bool = False,
+    batch: str = "per_sample",
     dtype: torch.dtype | None = None,
     max_steps: int = 10_000,
     controller: str = "pi",
@@ -150,7 +151,8 @@ def to_torchscript(
 
     Arguments as :func:`odeserve.export.to_onnx` (``solver``, ``t0``/``t1`` or
     ``output_times``, ``steps`` — an int or ``"auto"`` — or ``rtol``/``atol`` for adaptive
-    solvers, ``dynamic_times``, ``dtype``, the parity options).  Fixed-step solvers are
+    solvers, ``dynamic_times``, ``batch`` — ``"per_sample"`` or ``"joint"`` step control —
+    ``dtype``, the parity options).  Fixed-step solvers are
     unrolled: each step is in the graph, so keep ``steps`` to a few hundred (per 100 RK4 steps
     of a small MLP here: 2–5 s of trace, 1.5 s of load, 1–2.5 s for the first call of each
     new batch size) or use :func:`to_exported_program` / :func:`to_aoti`.
@@ -162,7 +164,7 @@ def to_torchscript(
     """
     return _export("torchscript", model_or_f, example_y0, path, dict(
         solver=solver, t0=t0, t1=t1, steps=steps, rtol=rtol, atol=atol, output_times=output_times,
-        dynamic_batch=True, dynamic_times=dynamic_times, dtype=dtype, max_steps=max_steps, controller=controller,
+        dynamic_batch=True, dynamic_times=dynamic_times, batch=batch, dtype=dtype, max_steps=max_steps, controller=controller,
         parity_tol=parity_tol, parity_batches=parity_batches, calibration=calibration, steps_cap=steps_cap,
         seed=seed, progress=False,
     ))
@@ -182,6 +184,7 @@ def to_exported_program(
     output_times: Sequence[float] | Tensor | None = None,
     dynamic_batch: bool = True,
     dynamic_times: bool = False,
+    batch: str = "per_sample",
     dtype: torch.dtype | None = None,
     max_steps: int = 10_000,
     controller: str = "pi",
@@ -203,7 +206,7 @@ def to_exported_program(
     """
     return _export("pt2", model_or_f, example_y0, path, dict(
         solver=solver, t0=t0, t1=t1, steps=steps, rtol=rtol, atol=atol, output_times=output_times,
-        dynamic_batch=dynamic_batch, dynamic_times=dynamic_times, dtype=dtype, max_steps=max_steps,
+        dynamic_batch=dynamic_batch, dynamic_times=dynamic_times, batch=batch, dtype=dtype, max_steps=max_steps,
         controller=controller, parity_tol=parity_tol, parity_batches=parity_batches, calibration=calibration,
         steps_cap=steps_cap, seed=seed, progress=False,
     ))
@@ -223,6 +226,7 @@ def to_aoti(
     output_times: Sequence[float] | Tensor | None = None,
     dynamic_batch: bool = True,
     dynamic_times: bool = False,
+    batch: str = "per_sample",
     dtype: torch.dtype | None = None,
     max_steps: int = 10_000,
     controller: str = "pi",
@@ -244,7 +248,7 @@ def to_aoti(
     """
     return _export("aoti", model_or_f, example_y0, path, dict(
         solver=solver, t0=t0, t1=t1, steps=steps, rtol=rtol, atol=atol, output_times=output_times,
-        dynamic_batch=dynamic_batch, dynamic_times=dynamic_times, dtype=dtype, max_steps=max_steps,
+        dynamic_batch=dynamic_batch, dynamic_times=dynamic_times, batch=batch, dtype=dtype, max_steps=max_steps,
         controller=controller, parity_tol=parity_tol, parity_batches=parity_batches, calibration=calibration,
         steps_cap=steps_cap, seed=seed, progress=progress,
     ))
@@ -357,7 +361,7 @@ def _export(fmt: str, model_or_f: Any, example_y0: Any, path: str | Path, o: dic
     mode = "unrolled" if fmt == "torchscript" and not adaptive else "loop"
     plan = _plan(model_or_f, example_y0, solver=o["solver"], t0=o["t0"], t1=o["t1"], steps=o["steps"], rtol=o["rtol"],
                  atol=o["atol"], output_times=o["output_times"], mode=mode, dtype=o["dtype"], opset=20,
-                 dynamic_times=o["dynamic_times"])
+                 dynamic_times=o["dynamic_times"], batch=o["batch"])
     f, example, times = plan.f, plan.example, plan.times
     with _inference(f):
         check_no_value_branches(f, example, times[0])  # seconds, before minutes of export
@@ -366,14 +370,13 @@ def _export(fmt: str, model_or_f: Any, example_y0: Any, path: str | Path, o: dic
             auto = choose_steps(f, calibration_inputs(example, o["calibration"]), times, solver=plan.solver,
                                 rtol=1e-6 if o["rtol"] is None else o["rtol"],
                                 atol=0.0 if o["atol"] is None else o["atol"], cap=o["steps_cap"])
-        options: dict[str, Any] = dict(solver=plan.solver, max_steps=o["max_steps"])
+        options: dict[str, Any] = dict(solver=plan.solver, max_steps=o["max_steps"], batch=plan.batch)
         if adaptive:
             options.update(rtol=plan.rtol, atol=plan.atol, controller=o["controller"])
         else:
             options.update(steps=auto.steps if auto is not None else plan.steps)
         want_example = _eager(f, example, times, options)  # before tracing: f's own state stays eager
-        prepared = prepare(f, example, times, batch="per_sample", loop="python" if mode == "unrolled" else "while",
-                           **options)
+        prepared = export_prepare(f, example, times, "python" if mode == "unrolled" else "while", options)
         names = _Names.make(len(_comps(example)), None, plan.time_inputs, plan.final, adaptive)
         dynamic = bool(o["dynamic_batch"])
 
@@ -459,7 +462,8 @@ def _metadata(fmt: str, plan: _Plan, prepared: PreparedSolve, names: _Names, aut
         "tuple_state": spec.is_tuple,
         "state_inputs": names.states,
         "outputs": names.outputs,
-        "state_shapes": [list(tail) for tail in spec.tails],
+        "state_shapes": state_shapes(plan.example),
+        "batch_mode": plan.batch,
         **info,
         **provenance(),
     }

@@ -25,14 +25,14 @@ import contextlib
 import math
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from odeserve._api import PreparedSolve, build_solution, prepare
+from odeserve._api import BATCH_MODES, PreparedSolve, build_solution, make_rhs, prepare
 from odeserve.errors import InvalidOptionError
 from odeserve.registry import get_registry
 
@@ -176,6 +176,7 @@ def to_onnx(
     output_times: Sequence[float] | Tensor | None = None,
     mode: str = "loop",
     dynamic_batch: bool = True,
+    batch: str = "per_sample",
     dynamic_times: bool = False,
     dtype: torch.dtype | None = None,
     opset: int = 20,
@@ -204,7 +205,12 @@ def to_onnx(
         and last are the span); default: only the final state.
     mode: ``"loop"`` (one ONNX Loop; any solver) or ``"unrolled"`` (fixed-step only, small
         step counts).
-    dynamic_batch: any batch size (else the example's).  dynamic_times: the span (inputs
+    dynamic_batch: any batch size (else the example's).  batch: ``"per_sample"`` (each
+        sample its own step sizes, error norm and status; the default) or ``"joint"`` (one
+        step size and error norm for the whole batch, as ``odeserve.solve``'s default and
+        torchdiffeq: fewer loop iterations on a large batch of similar samples, but the
+        result of a sample depends on the rest of its batch; ``f`` gets ``t`` as in the eager
+        joint solve).  Fixed-step solves are the same either way.  dynamic_times: the span (inputs
         ``t0``, ``t1``) or the output grid (input ``t``, fixed length) become graph inputs;
         a fixed-step grid keeps the example's step counts per interval.
     dtype: float32 or float64 (default: the example's); a module is copied and cast if needed.
@@ -223,7 +229,8 @@ def to_onnx(
     t_start = time.perf_counter()
     path = check_writable(path)  # before the slow part
     plan = _plan(model_or_f, example_y0, solver=solver, t0=t0, t1=t1, steps=steps, rtol=rtol, atol=atol,
-                 output_times=output_times, mode=mode, dtype=dtype, opset=opset, dynamic_times=dynamic_times)
+                 output_times=output_times, mode=mode, dtype=dtype, opset=opset, dynamic_times=dynamic_times,
+                 batch=batch)
     f, example, times = plan.f, plan.example, plan.times
     with _inference(f):
         check_no_value_branches(f, example, times[0])  # seconds, before minutes of export
@@ -231,15 +238,14 @@ def to_onnx(
         if plan.steps == "auto":
             auto = choose_steps(f, calibration_inputs(example, calibration), times, solver=solver,
                                 rtol=1e-6 if rtol is None else rtol, atol=0.0 if atol is None else atol, cap=steps_cap)
-        options: dict[str, Any] = dict(solver=solver, max_steps=max_steps)
+        options: dict[str, Any] = dict(solver=solver, max_steps=max_steps, batch=plan.batch)
         if plan.adaptive:
             options.update(rtol=plan.rtol, atol=plan.atol, controller=controller)
         else:
             options.update(steps=auto.steps if auto is not None else plan.steps)
         want_example = _eager(f, example, times, options)  # before tracing: f's own state stays eager
 
-        prepared = prepare(f, example, times, batch="per_sample", loop="while" if mode == "loop" else "python",
-                           **options)
+        prepared = export_prepare(f, example, times, "while" if mode == "loop" else "python", options)
         names = _Names.make(len(_comps(example)), state_names, plan.time_inputs, plan.final, plan.adaptive)
         t_trace = time.perf_counter()
         proto, exporter = _trace(plan, prepared, names, dynamic_batch, opset)
@@ -289,13 +295,16 @@ class _Plan:
     steps: int | str | None
     rtol: float
     atol: float
+    batch: str  # "per_sample" or "joint"
 
 
 def _plan(model_or_f: Any, example_y0: Any, *, solver: str, t0: float | None, t1: float | None,
           steps: int | str | None, rtol: float | None, atol: float | None, output_times: Any, mode: str,
-          dtype: torch.dtype | None, opset: int, dynamic_times: bool) -> _Plan:
+          dtype: torch.dtype | None, opset: int, dynamic_times: bool, batch: str) -> _Plan:
     if mode not in MODES:
         raise InvalidOptionError(f"mode must be one of {MODES}, got {mode!r}")
+    if batch not in BATCH_MODES:
+        raise InvalidOptionError(f"batch must be one of {BATCH_MODES}, got {batch!r}")
     adaptive = bool(get_registry().solver(solver).adaptive)
     if adaptive and mode == "unrolled":
         raise InvalidOptionError(
@@ -340,7 +349,7 @@ def _plan(model_or_f: Any, example_y0: Any, *, solver: str, t0: float | None, t1
         f=_cast_module(model_or_f, dtype), example=example, dtype=dtype,
         times=torch.tensor(times_list, dtype=torch.float64).to(dtype), times_list=times_list, final=final,
         time_inputs=None if not dynamic_times else ("span" if final else "grid"), adaptive=adaptive, solver=solver,
-        mode=mode, steps=steps, rtol=float(rtol or 0.0), atol=float(atol or 0.0),
+        mode=mode, steps=steps, rtol=float(rtol or 0.0), atol=float(atol or 0.0), batch=batch,
     )
 
 
@@ -447,7 +456,8 @@ def _metadata(plan: _Plan, prepared: PreparedSolve, names: _Names, auto: AutoSte
         "tuple_state": spec.is_tuple,
         "state_inputs": names.states,
         "state_outputs": names.state_outputs,
-        "state_shapes": [list(tail) for tail in spec.tails],
+        "state_shapes": state_shapes(plan.example),
+        "batch_mode": plan.batch,
         "opset": opset,
         "onnx_version": onnx.__version__,
         **provenance(),
@@ -473,12 +483,33 @@ def _signature(tmp: Path) -> tuple[list[list[Any]], list[list[Any]]]:
 
 
 def _eager(f: Any, y: Any, times: Tensor, options: dict[str, Any]) -> tuple[list[Tensor], Tensor]:
-    """The eager solve the file must reproduce (``odeserve.solve(..., batch="per_sample",
-    throw=False)``): states in the user's layout, NaN past a failure, and the status."""
-    p = prepare(f, y, times, batch="per_sample", loop="python", **options)
+    """The eager solve the file must reproduce (``odeserve.solve(..., batch=options["batch"],
+    throw=False)``): states in the user's layout, NaN past a failure, and the status per
+    sample (a joint solve's one status repeated)."""
+    p = prepare(f, y, times, loop="python", **options)
     ys, res = p.run(p.spec.flatten(y))
     sol = build_solution(p, ys, res)
-    return list(_comps(sol.ys)), sol.status.reshape(-1)
+    return list(_comps(sol.ys)), sol.status.reshape(-1).expand(_comps(y)[0].shape[0])
+
+
+def export_prepare(f: Any, example: Any, times: Tensor, loop: str, options: dict[str, Any]) -> PreparedSolve:
+    """The prepared solve every exporter traces.  ``batch="joint"`` (one step size and error
+    norm for the whole batch, as ``odeserve.solve``'s default and torchdiffeq) gets the
+    batch-free layout of ``compile_solve`` (:class:`odeserve.export.compile._BatchFreeSpec`):
+    the whole batch is one row whose size is read from the input, so the graph serves any
+    batch size."""
+    from .compile import _BatchFreeSpec
+
+    p = prepare(f, example, times, loop=loop, **options)
+    if p.spec.per_sample:
+        return p
+    spec = _BatchFreeSpec(example, per_sample=False)
+    return replace(p, spec=spec, problem=replace(p.problem, rhs=make_rhs(f, spec)))
+
+
+def state_shapes(example: Any) -> list[list[int]]:
+    """The per-sample shape of every state component (axis 0 is the batch in every mode)."""
+    return [list(c.shape[1:]) for c in _comps(example)]
 
 
 def _parity_inputs(example: Any, dynamic_batch: bool, batches: Sequence[int], seed: int,

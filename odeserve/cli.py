@@ -112,6 +112,10 @@ def _add_export_commands(sub) -> None:  # type: ignore[no-untyped-def]
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     p.add_argument("--opset", type=int, help="onnx only: ONNX opset (default 20)")
     p.add_argument("--max-steps", type=int, default=10_000)
+    p.add_argument("--controller", default="pi", help="adaptive solvers' step-size controller (default pi; i: integral)")
+    p.add_argument("--batch-mode", choices=("per_sample", "joint"), default="per_sample",
+                   help="per_sample: each sample its own steps (default); joint: one step size and error norm "
+                        "for the whole batch")
     p.add_argument("--dynamic-times", action="store_true", help="time span / output times as graph inputs")
     p.add_argument("--static-batch", action="store_true",
                    help="fix the batch size to the example's (onnx, pt2, aoti; TorchScript is always dynamic)")
