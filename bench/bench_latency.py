@@ -9,7 +9,8 @@ Cases (float32, t ∈ [0, 1], the time-concat MLP family of ``common.make_mlp``)
 Contenders: diffrax (``jax.jit`` of the whole ``diffeqsolve``, async dispatch off: see
 ``diffrax_peer``), torchdiffeq eager, torchode eager, ``odeserve.solve`` eager,
 ``odeserve.export.compile_solve`` (Inductor; several option sets), the ``mode="loop"`` ONNX
-export in ONNX Runtime (several session settings) and, with ``--aoti``, the AOTInductor
+export in ONNX Runtime (several session settings; for case ``c`` also the joint-batch export,
+``to_onnx(batch="joint")``) and, with ``--aoti``, the AOTInductor
 package of ``odeserve.export.to_aoti``.  Every contender's final state is checked against
 diffrax's before anything is timed (same weights, so the same ODE: fixed steps agree to
 float32 round-off, adaptive solves to a few times the tolerance).  Compile/export times are
@@ -376,8 +377,10 @@ NOTES = """
   waits: on the thread CPU clock diffrax at batch 512 looked 2.4× faster than it is.  The
   process is pinned to one core (XLA then runs inline) and timed on the process CPU clock.
 * **Step counts.**  diffrax's default controller is integral (I) on the joint batch's RMS
-  norm; odeserve's default is PI, and the ONNX and AOTI exports step per sample (the loop
-  runs until the slowest sample is done).  "(controller i)" rows use odeserve's I controller.
+  norm; odeserve's default is PI, and the ONNX and AOTI exports step per sample by default
+  (the loop runs until the slowest sample is done).  "(controller i)" rows use odeserve's I
+  controller; "ORT joint" rows (case c) export with `to_onnx(batch="joint")`, one step size
+  and error norm for the whole batch, as diffrax steps it.
 * **Where the time goes**: bench/results/latency_profile.md (per-step and fixed costs,
   kernels, nodes, allocations per iteration).
 * **AOTI** (`--aoti`): batch-1 packages (`dynamic_batch=False`) for (a) and (b), the

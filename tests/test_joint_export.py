@@ -134,6 +134,38 @@ def test_exported_program_and_torchscript_joint(tmp_path: Path) -> None:
         _check(lambda y: script(y), "torchscript")
 
 
+def tuple_f(t: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A coupled tuple state ``(x (B, 2), v (B, 3))``; ``t`` 0-d or per sample."""
+    x, v = state
+    return torch.tanh(x) * v[:, :2] + t.reshape(-1, 1), -v * torch.sin(x.sum(1, keepdim=True))
+
+
+def test_onnx_joint_tuple_state_with_output_times_as_inputs(tmp_path: Path) -> None:
+    def state(b: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return _y(b, seed), torch.randn(b, 3, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64)
+
+    r = to_onnx(tuple_f, state(5, 0), tmp_path / "tuple.onnx", solver="dopri5", rtol=1e-6, atol=1e-8,
+                output_times=[0.0, 0.3, 0.7, 1.0], dynamic_times=True, batch="joint", parity_batches=(1, 7))
+    assert max(r.parity.values()) <= 1e-9 and "shifted times" in r.parity
+    y, ts = state(6, 9), [0.0, 0.2, 0.5, 1.5]
+    out = OnnxModel(r.path).run(*(c.numpy() for c in y), t=np.array(ts))
+    with torch.no_grad():
+        sol = solve(tuple_f, y, ts, solver="dopri5", rtol=1e-6, atol=1e-8, batch="joint")
+    for name, want in zip(("ys_0", "ys_1"), sol.ys):
+        assert out[name].shape == (4, 6, want.shape[-1])
+        assert np.abs(out[name] - want.numpy()).max() <= 1e-9, name
+    assert (out["n_steps"] == int(sol.stats["steps"])).all()
+
+
+def test_onnx_joint_unrolled_fixed_steps(tmp_path: Path) -> None:
+    r = to_onnx(F, _y(4, 0), tmp_path / "rk4.onnx", solver="rk4", steps=4, mode="unrolled", batch="joint")
+    y = _y(9, 5)
+    got = OnnxModel(r.path)(y.numpy())
+    with torch.no_grad():
+        want = solve(F, y, [0.0, 1.0], solver="rk4", steps=4, batch="joint").ys[-1]
+    assert np.abs(got - want.numpy()).max() <= 1e-12
+
+
 def test_unknown_batch_mode_is_refused_before_writing(tmp_path: Path) -> None:
     path = tmp_path / "x.onnx"
     with pytest.raises(InvalidOptionError, match=r"batch must be one of \('joint', 'per_sample'\), got 'rows'"):
