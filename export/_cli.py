@@ -56,6 +56,7 @@ def _floats(text: str | None) -> list[float] | None:
 def cmd_export(args: argparse.Namespace) -> int:
     import torch
 
+    from odeserve.errors import InvalidOptionError
     from odeserve.export import to_onnx
 
     factory = load_factory(args.factory)
@@ -85,11 +86,12 @@ def cmd_export(args: argparse.Namespace) -> int:
         parity_batches=[int(b) for b in args.parity_batches.split(",") if b],
     )
     fmt = getattr(args, "format", "onnx")
+    if getattr(args, "exact_tanh", False) and fmt != "aoti":
+        raise InvalidOptionError("--exact-tanh applies to --format aoti only (the other formats keep torch.tanh)")
     if fmt == "onnx":
         result: Any = to_onnx(model, example, args.output, mode=args.mode or "loop", opset=args.opset or 20,
                               dynamic_batch=not args.static_batch, **common)
     else:
-        from odeserve.errors import InvalidOptionError
         from odeserve.export import to_aoti, to_exported_program, to_torchscript
 
         given = [flag for flag, v in (("--mode", args.mode), ("--opset", args.opset)) if v is not None]
@@ -100,9 +102,11 @@ def cmd_export(args: argparse.Namespace) -> int:
             if args.static_batch:
                 raise InvalidOptionError("--static-batch: a TorchScript export always takes any batch size")
             result = to_torchscript(model, example, args.output, **common)
+        elif fmt == "pt2":
+            result = to_exported_program(model, example, args.output, dynamic_batch=not args.static_batch, **common)
         else:
-            export = to_exported_program if fmt == "pt2" else to_aoti
-            result = export(model, example, args.output, dynamic_batch=not args.static_batch, **common)
+            result = to_aoti(model, example, args.output, dynamic_batch=not args.static_batch,
+                             fast_tanh=not args.exact_tanh, **common)
     print(f"wrote {result.path} ({result.size_bytes / 1024:.1f} KiB) in {result.export_seconds:.1f} s")
     if result.auto_steps is not None:
         print(f"steps='auto' chose {result.steps} steps (error {result.auto_steps.error:.3g}× the tolerance)")

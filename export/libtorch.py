@@ -73,8 +73,9 @@ from ._onnx_trace import (
     grid_plan,
     user_frame,
 )
-from .compile import batch1_matmul_options
 from ._steps import AutoSteps, calibration_inputs, choose_steps
+from ._tanh import fast_tanh_decompositions
+from .compile import batch1_matmul_options
 from .onnx import _comps, _eager, _inference, _Names, _parity_inputs, _Plan, _plan, export_prepare, state_shapes
 
 __all__ = [
@@ -236,6 +237,7 @@ def to_aoti(
     steps_cap: int = 4096,
     seed: int = 0,
     progress: bool = True,
+    fast_tanh: bool = True,
 ) -> ArtifactExport:
     """Compile the exported program of :func:`to_exported_program` with AOTInductor into a
     ``.pt2`` package (``torch._inductor.aoti_compile_and_package``): generated C++ and a
@@ -244,13 +246,15 @@ def to_aoti(
     or dopri5 with a 2/64 MLP on 2 cores here; the loop is one ``torch.while_loop``, so the
     step count does not add to it); ``progress`` prints the elapsed time to stderr meanwhile.
     The package runs on the CPU type (instruction set) it was compiled on.  ``path`` must
-    end in ``.pt2``; arguments and outputs as :func:`to_exported_program`.
+    end in ``.pt2``; arguments and outputs as :func:`to_exported_program`.  ``fast_tanh``:
+    float32 ``tanh`` compiled as XLA's rational approximation (:mod:`odeserve.export._tanh`:
+    ≤ 3.1 float32 eps; 1.1–1.2× faster at batch 1); recorded in the metadata.
     """
     return _export("aoti", model_or_f, example_y0, path, dict(
         solver=solver, t0=t0, t1=t1, steps=steps, rtol=rtol, atol=atol, output_times=output_times,
         dynamic_batch=dynamic_batch, dynamic_times=dynamic_times, batch=batch, dtype=dtype, max_steps=max_steps,
         controller=controller, parity_tol=parity_tol, parity_batches=parity_batches, calibration=calibration,
-        steps_cap=steps_cap, seed=seed, progress=progress,
+        steps_cap=steps_cap, seed=seed, progress=progress, fast_tanh=fast_tanh,
     ))
 
 
@@ -384,6 +388,8 @@ def _export(fmt: str, model_or_f: Any, example_y0: Any, path: str | Path, o: dic
         artifact, info = backend.build(plan, prepared, dynamic, o["progress"])
         meta = _metadata(fmt, plan, prepared, names, auto, info, dynamic=dynamic, controller=o["controller"],
                          max_steps=o["max_steps"])
+        if "fast_tanh" in o:
+            meta["fast_tanh"] = bool(o["fast_tanh"]) and plan.dtype == torch.float32
         with atomic_output(path) as tmp, _work_file(tmp, backend.suffix) as work:
             backend.save(artifact, meta, work, o["progress"])
             build_seconds = time.perf_counter() - t_build
@@ -591,6 +597,8 @@ class _Aoti(_ExportedProgram):
         # bench/results/latency.md); symbolic batches are unchanged.
         configs = {"aot_inductor.metadata": stringify(meta), **batch1_matmul_options()}
         with _progress("compiling with AOTInductor (a minute or more)", progress), _quiet(), _translated("AOTInductor"):
+            if meta.get("fast_tanh"):
+                artifact = artifact.run_decompositions(fast_tanh_decompositions())
             torch._inductor.aoti_compile_and_package(artifact, package_path=str(work), inductor_configs=configs)
 
     def finish(self, artifact: Any, meta: dict[str, Any], work: Path) -> None:

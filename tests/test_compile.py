@@ -294,9 +294,11 @@ def test_compiled_training_gradients_equal_eager(solver, batch, y0_grad, backend
 @pytest.mark.parametrize("solver,batch,rows", [("rk4", "per_sample", 4), ("dopri5", "joint", 4), ("dopri5", "joint", 1)])
 def test_inductor_float32_matches_eager(solver, batch, rows):
     # rows=1: the batch-1 graph, where the default inference options rewrite f's matrix
-    # products as Inductor's own code (decompose_mm_pass)
+    # products as Inductor's own code (decompose_mm_pass).  fast_tanh=False: the same tanh
+    # as eager, so the same accept/reject decisions; float32 at rtol 1e-6 is rounding-level,
+    # and the rational tanh (a few eps) moves them (tests/test_fast_tanh.py tests that path).
     f, y0 = MLP(dtype=torch.float32), _y0(rows, torch.float32)
-    model = compile_solve(f, t=T, solver=solver, batch=batch, return_info=True, **_options(solver))
+    model = compile_solve(f, t=T, solver=solver, batch=batch, return_info=True, fast_tanh=False, **_options(solver))
     with torch.no_grad():
         ys, info = model(y0)
         ref = solve(f, y0, T, solver=solver, batch=batch, compact=False, **_options(solver))

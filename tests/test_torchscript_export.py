@@ -267,6 +267,7 @@ def test_aoti_round_trip(tmp_path: Path) -> None:
     assert result.path.is_file() and max(result.parity.values()) <= 1e-4
     meta = read_artifact_metadata(result.path)
     assert meta["format"] == libtorch.FORMATS["aoti"] and meta["steps"] == "3" and "parity_error" in meta
+    assert meta["fast_tanh"] == "true"  # float32: tanh compiled as the rational approximation
     model = load_aoti(result.path)
     assert model._model.get_metadata()["odeserve.solver"] == "rk4"  # compiled in, for C++ too
     # Called through the package's flat C++ run (no pytree specs parsed per call): the same
