@@ -166,6 +166,15 @@ def test_onnx_joint_unrolled_fixed_steps(tmp_path: Path) -> None:
     assert np.abs(got - want.numpy()).max() <= 1e-12
 
 
+def test_aoti_refuses_an_adaptive_joint_batch_before_compiling(tmp_path: Path) -> None:
+    from odeserve.export import to_aoti
+
+    path = tmp_path / "x.pt2"
+    with pytest.raises(InvalidOptionError, match=r"to_aoti\(batch='joint'\) is not available for adaptive solvers"):
+        to_aoti(F, _y(4, 0), path, solver="dopri5", rtol=RTOL, atol=ATOL, batch="joint", progress=False)
+    assert not path.exists()
+
+
 def test_unknown_batch_mode_is_refused_before_writing(tmp_path: Path) -> None:
     path = tmp_path / "x.onnx"
     with pytest.raises(InvalidOptionError, match=r"batch must be one of \('joint', 'per_sample'\), got 'rows'"):
