@@ -20,7 +20,7 @@ from typing import Callable, Optional
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 __all__ = [
     "TestProblem",
@@ -40,6 +40,7 @@ __all__ = [
     "rotation",
     "reference_solution",
     "tolerances",
+    "TimeConcatMLP",
 ]
 
 Exact = Callable[[np.ndarray], np.ndarray]  # times (T,) -> states (T, D)
@@ -278,3 +279,25 @@ def tolerances(order: int) -> tuple[float, float]:
     the suite's run time) stay small.  The accuracy the tests demand scales with them."""
     rtol = {1: 1e-3, 2: 1e-3, 3: 1e-5}.get(order, 1e-6)
     return rtol, rtol * 1e-3
+
+
+# ----------------------------------------------------------------------------- a neural ODE
+
+
+class TimeConcatMLP(nn.Module):
+    """The exporters' test model: ``f(t, y) = W2 tanh(W1 [y, t] + b1) + b2``, ``dim → hidden
+    → dim``, with ``t`` 0-d (joint) or ``(batch,)`` (per sample).  Seeded, so every instance
+    has the same weights; ``weight_scale`` multiplies ``W1`` (livelier dynamics, more steps)."""
+
+    def __init__(self, dim: int = 2, hidden: int = 8, weight_scale: float = 1.0) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.l1 = nn.Linear(dim + 1, hidden)
+        self.l2 = nn.Linear(hidden, dim)
+        if weight_scale != 1.0:
+            with torch.no_grad():
+                self.l1.weight.mul_(weight_scale)
+
+    def forward(self, t: Tensor, y: Tensor) -> Tensor:
+        tt = t.reshape(-1, 1).to(y.dtype).expand(y.shape[0], 1)
+        return self.l2(torch.tanh(self.l1(torch.cat([y, tt], dim=1))))

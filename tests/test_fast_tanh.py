@@ -17,6 +17,11 @@ from odeserve import solve
 from odeserve.export import compile_solve
 from odeserve.export._tanh import fast_tanh_decompositions, rational_tanh
 
+try:
+    from .problems import TimeConcatMLP
+except ImportError:
+    from problems import TimeConcatMLP
+
 EPS32 = torch.finfo(torch.float32).eps
 
 
@@ -55,17 +60,6 @@ def test_other_dtypes_keep_torch_tanh() -> None:
     assert tanh_nodes(torch.float32) == 0
 
 
-class TanhMLP(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.l1 = nn.Linear(2, 16)
-        self.l2 = nn.Linear(16, 2)
-
-    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.l2(torch.tanh(self.l1(y)))
-
-
 _TANH_CALL = re.compile(r"\.tanh\(\)|std::tanh\(|\btanhf?\(|Sleef_tanh")
 
 
@@ -73,7 +67,7 @@ _TANH_CALL = re.compile(r"\.tanh\(\)|std::tanh\(|\btanhf?\(|Sleef_tanh")
 def test_compiled_inference_graph_uses_it(fast: bool) -> None:
     from torch._inductor.utils import run_and_get_code
 
-    f = TanhMLP().eval().requires_grad_(False)
+    f = TimeConcatMLP(hidden=16).eval().requires_grad_(False)
     y0 = torch.randn(1, 2, generator=torch.Generator().manual_seed(1))
     model = compile_solve(f, solver="rk4", t0=0.0, t1=1.0, steps=4, fast_tanh=fast)
     torch._dynamo.reset()
@@ -89,7 +83,7 @@ def test_compiled_inference_graph_uses_it(fast: bool) -> None:
 def test_compiled_adaptive_float32_default_agrees_with_eager() -> None:
     """The default compiled path (rational tanh) against the eager solve (torch.tanh): equal
     within the solve's own tolerance; the steps may differ where a decision is marginal."""
-    f = TanhMLP().eval().requires_grad_(False)
+    f = TimeConcatMLP(hidden=16).eval().requires_grad_(False)
     y0 = torch.randn(4, 2, generator=torch.Generator().manual_seed(2))
     model = compile_solve(f, solver="dopri5", t0=0.0, t1=1.0, rtol=1e-5, atol=1e-7, return_info=True)
     with torch.no_grad():

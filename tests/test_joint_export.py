@@ -31,31 +31,20 @@ from odeserve.export import (
     to_torchscript,
 )
 
+try:
+    from .problems import TimeConcatMLP
+except ImportError:
+    from problems import TimeConcatMLP
+
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
 
 RTOL, ATOL = 1e-5, 1e-7
 BATCHES = (1, 5, 64)
 
 
-class TimeMLP(nn.Module):
-    """``f(t, y) = W2 tanh(W1 [y, t] + b1) + b2``, 2 → 16 → 2; ``t`` 0-d or per sample."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.l1 = nn.Linear(3, 16)
-        self.l2 = nn.Linear(16, 2)
-        with torch.no_grad():
-            self.l1.weight.mul_(2.0)
-
-    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        tt = t.reshape(-1, 1).to(y.dtype).expand(y.shape[0], 1)
-        return self.l2(torch.tanh(self.l1(torch.cat([y, tt], dim=1))))
-
-
 # float64: step counts are compared exactly, and in float32 a borderline accept or a last
 # sliver of a step can flip with the rounding of a different batch size or runtime.
-F = TimeMLP().double().eval().requires_grad_(False)
+F = TimeConcatMLP(hidden=16, weight_scale=2.0).double().eval().requires_grad_(False)
 
 
 def _y(batch: int, seed: int) -> torch.Tensor:
@@ -184,7 +173,7 @@ def test_unknown_batch_mode_is_refused_before_writing(tmp_path: Path) -> None:
 
 def make_model() -> nn.Module:
     """The factory the CLI test loads (``test_joint_export:make_model``)."""
-    return TimeMLP()
+    return TimeConcatMLP(hidden=16, weight_scale=2.0)
 
 
 def test_cli_batch_mode_and_controller(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

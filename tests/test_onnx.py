@@ -47,6 +47,11 @@ from odeserve.export._artifact import (  # noqa: E402
     UnsupportedOpError,
 )
 
+try:
+    from .problems import TimeConcatMLP  # noqa: E402
+except ImportError:
+    from problems import TimeConcatMLP  # noqa: E402
+
 REG = get_registry()
 FIXED = sorted(n for n in REG.entries("solver") if not REG.solver(n).adaptive)
 ADAPTIVE = sorted(n for n in REG.entries("solver") if REG.solver(n).adaptive)
@@ -56,27 +61,13 @@ TOL = {torch.float32: 1e-4, torch.float64: 1e-9}
 FAST_LOOP = {("rk4", "float64"), ("dopri5", "float32")}
 
 
-class TinyMLP(nn.Module):
-    """``f(t, y) = W2 tanh(W1 [y, t] + b1) + b2`` with ``t`` per sample: 2 → 8 → 2."""
-
-    def __init__(self, dim: int = 2, hidden: int = 8) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.l1 = nn.Linear(dim + 1, hidden)
-        self.l2 = nn.Linear(hidden, dim)
-
-    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        tt = t.reshape(-1, 1).to(y.dtype).expand(y.shape[0], 1)
-        return self.l2(torch.tanh(self.l1(torch.cat([y, tt], dim=1))))
-
-
 def tuple_f(t: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """A tuple state ``(x (B, 2), v (B, 1, 3))`` that couples its parts and depends on t."""
     x, v = state
     return torch.tanh(x) * v[:, 0, :2] + t[:, None], -v * torch.sin(x.sum(1))[:, None, None] * 0.5
 
 
-F = TinyMLP()
+F = TimeConcatMLP()
 
 
 def _options(solver: str) -> dict[str, Any]:
@@ -497,7 +488,7 @@ def test_output_path_not_writable(tmp_path: Path) -> None:
 
 def make_model() -> nn.Module:
     """The factory the CLI test loads (``tests.test_onnx:make_model`` style, by file path)."""
-    return TinyMLP()
+    return TimeConcatMLP()
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -507,7 +498,7 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_cli_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    model = TinyMLP()
+    model = TimeConcatMLP()
     with torch.no_grad():
         model.l2.bias.fill_(0.25)  # weights that differ from the factory's, so loading them matters
     torch.save(model.state_dict(), tmp_path / "weights.pt")

@@ -38,6 +38,11 @@ from odeserve.export import (
 from odeserve.export import libtorch
 from odeserve.export._artifact import DataDependentControlFlowError, ExportError, InvalidArtifactError, ParityError
 
+try:
+    from .problems import TimeConcatMLP
+except ImportError:
+    from problems import TimeConcatMLP
+
 # The tests load files with torch.jit.load as a user would; torch warns that it is deprecated.
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
 
@@ -49,26 +54,12 @@ STEPS = 5
 RTOL, ATOL = 1e-5, 1e-7
 
 
-class TinyMLP(nn.Module):
-    """``f(t, y) = W2 tanh(W1 [y, t] + b1) + b2`` with ``t`` per sample: 2 → 8 → 2."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.l1 = nn.Linear(3, 8)
-        self.l2 = nn.Linear(8, 2)
-
-    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        tt = t.reshape(-1, 1).to(y.dtype).expand(y.shape[0], 1)
-        return self.l2(torch.tanh(self.l1(torch.cat([y, tt], dim=1))))
-
-
 def make_model() -> nn.Module:
     """The factory the CLI test loads."""
-    return TinyMLP()
+    return TimeConcatMLP()
 
 
-F = TinyMLP()
+F = TimeConcatMLP()
 
 
 def tuple_f(t: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
