@@ -249,7 +249,6 @@ def to_aoti(
     end in ``.pt2``; arguments and outputs as :func:`to_exported_program`.  ``fast_tanh``:
     float32 ``tanh`` compiled as XLA's rational approximation (:mod:`odeserve.export._tanh`:
     ≤ 3.1 float32 eps; 1.1–1.2× faster at batch 1); recorded in the metadata.
-    ``batch="joint"`` is refused for adaptive solvers (an Inductor limitation; see the error).
     """
     return _export("aoti", model_or_f, example_y0, path, dict(
         solver=solver, t0=t0, t1=t1, steps=steps, rtol=rtol, atol=atol, output_times=output_times,
@@ -367,13 +366,6 @@ def _export(fmt: str, model_or_f: Any, example_y0: Any, path: str | Path, o: dic
     plan = _plan(model_or_f, example_y0, solver=o["solver"], t0=o["t0"], t1=o["t1"], steps=o["steps"], rtol=o["rtol"],
                  atol=o["atol"], output_times=o["output_times"], mode=mode, dtype=o["dtype"], opset=20,
                  dynamic_times=o["dynamic_times"], batch=o["batch"])
-    if fmt == "aoti" and adaptive and plan.batch == "joint":
-        raise InvalidOptionError(
-            "to_aoti(batch='joint') is not available for adaptive solvers: AOTInductor (torch 2.13) cannot take "
-            "the joint loop's start time, a 0-d constant, as a while_loop input (\"LoweringException: "
-            "NotImplementedError: Constant\"). Use batch='per_sample', or the joint batch through "
-            "to_onnx / to_exported_program / compile_solve"
-        )
     f, example, times = plan.f, plan.example, plan.times
     with _inference(f):
         check_no_value_branches(f, example, times[0])  # seconds, before minutes of export
@@ -604,6 +596,11 @@ class _Aoti(_ExportedProgram):
         # fused code instead of an ATen call per layer (1.9-2.2x faster at batch 1 here,
         # bench/results/latency.md); symbolic batches are unchanged.
         configs = {"aot_inductor.metadata": stringify(meta), **batch1_matmul_options()}
+        if meta.get("batch_mode") == "joint":
+            # A joint loop starts from 0-d tensors (the start time); Inductor would inline a
+            # 0-d constant as a literal, which its while_loop cannot take as a carried input
+            # ("LoweringException: NotImplementedError: Constant", torch 2.13).
+            configs["always_keep_tensor_constants"] = True
         with _progress("compiling with AOTInductor (a minute or more)", progress), _quiet(), _translated("AOTInductor"):
             if meta.get("fast_tanh"):
                 artifact = artifact.run_decompositions(fast_tanh_decompositions())
