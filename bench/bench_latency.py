@@ -11,7 +11,7 @@ Contenders: diffrax (``jax.jit`` of the whole ``diffeqsolve``, async dispatch of
 ``odeserve.export.compile_solve`` (Inductor; several option sets), the ``mode="loop"`` ONNX
 export in ONNX Runtime (several session settings; for case ``c`` also the joint-batch export,
 ``to_onnx(batch="joint")``) and, with ``--aoti``, the AOTInductor
-package of ``odeserve.export.to_aoti``.  Every contender's final state is checked against
+package of ``odeserve.export.to_aoti`` (case ``c`` also joint, with the I controller).  Every contender's final state is checked against
 diffrax's before anything is timed (same weights, so the same ODE: fixed steps agree to
 float32 round-off, adaptive solves to a few times the tolerance).  Compile/export times are
 measured once, apart from the run times.
@@ -242,7 +242,8 @@ def ort_contenders(case: Case, f: torch.nn.Module, y0: torch.Tensor, tmp: Path, 
     return out
 
 
-def aoti_contender(case: Case, f: torch.nn.Module, y0: torch.Tensor, tmp: Path) -> dict[str, Contender]:
+def aoti_contender(case: Case, f: torch.nn.Module, y0: torch.Tensor, tmp: Path, batch: str = "per_sample",
+                   name: str = "AOTI") -> dict[str, Contender]:
     """The AOTInductor package (``odeserve.export.to_aoti``), when this odeserve has it."""
     try:
         from odeserve.export import load_aoti, to_aoti
@@ -251,11 +252,11 @@ def aoti_contender(case: Case, f: torch.nn.Module, y0: torch.Tensor, tmp: Path) 
     # Batch 1: a package for exactly that batch (a dynamic batch axis starts at 2 in
     # PyTorch's shape specialisation); batch 512: the dynamic-batch package.
     dynamic = case.batch > 1
-    path = tmp / f"case-{case.key}.pt2"
+    path = tmp / f"case-{case.key}-{batch}-{case.controller or 'default'}.pt2"
     t = time.perf_counter()
     try:
         to_aoti(f, y0 if not dynamic else mlp_y0(8, case.dim), path, dynamic_batch=dynamic, progress=False,
-                **case.solve_options)
+                batch=batch, **case.solve_options)
     except Exception as e:  # noqa: BLE001 - report, keep benchmarking the rest
         print(f"AOTI failed: {type(e).__name__}: {str(e)[:300]}", flush=True)
         return {}
@@ -263,8 +264,9 @@ def aoti_contender(case: Case, f: torch.nn.Module, y0: torch.Tensor, tmp: Path) 
     model = load_aoti(path)
     outs = model(y0)
     steps = int(outs[-1].max()) if case.steps is None else case.steps  # adaptive: the n_steps output
-    return {"AOTI": Contender(lambda: model(y0), _np(outs[0]), setup, steps,
-                              note=f"per sample; to_aoti(dynamic_batch={dynamic}) + load_aoti")}
+    mode = "per sample" if batch == "per_sample" else "joint"
+    return {name: Contender(lambda: model(y0), _np(outs[0]), setup, steps,
+                            note=f"{mode}; to_aoti(dynamic_batch={dynamic}) + load_aoti")}
 
 
 # --------------------------------------------------------------------------- one case
@@ -298,8 +300,10 @@ def run_case(case: Case, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                     contenders.update({f"{n} joint{label}": c for n, c in
                                        ort_contenders(c_, f, y0, tmp, ["ORT"], batch="joint").items()})
         if args.aoti:
-            # (to_aoti(batch="joint") is refused for adaptive solvers: see its error.)
             contenders.update(aoti_contender(case, f, y0, tmp))
+            if case.steps is None and case.batch > 1:
+                ci = dataclasses.replace(case, controller="i")
+                contenders.update(aoti_contender(ci, f, y0, tmp, batch="joint", name="AOTI joint (controller i)"))
     tol = case.tolerance(ref)
     errors = {n: float(np.abs(c.y1.reshape(ref.shape) - ref).max()) for n, c in contenders.items()}
     for n, c in contenders.items():
@@ -381,8 +385,8 @@ NOTES = """
 * **Step counts.**  diffrax's default controller is integral (I) on the joint batch's RMS
   norm; odeserve's default is PI, and the ONNX and AOTI exports step per sample by default
   (the loop runs until the slowest sample is done).  "(controller i)" rows use odeserve's I
-  controller; "ORT joint" rows (case c) export with `to_onnx(batch="joint")`, one step size
-  and error norm for the whole batch, as diffrax steps it.
+  controller; "ORT joint" and "AOTI joint" rows (case c) export with `batch="joint"`, one
+  step size and error norm for the whole batch, as diffrax steps it.
 * **Where the time goes**: bench/results/latency_profile.md (per-step and fixed costs,
   kernels, nodes, allocations per iteration).
 * **AOTI** (`--aoti`): batch-1 packages (`dynamic_batch=False`) for (a) and (b), the
