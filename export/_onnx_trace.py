@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
-from odeserve._api import PreparedSolve
+from odeserve._api import PreparedSolve, make_rhs
 from odeserve._loop import FixedGrid
 from odeserve.errors import InvalidOptionError
 from odeserve.solver import Const
@@ -413,14 +413,11 @@ def traceable_rhs(f: Any, spec: Any, ones: Tensor) -> Callable[[Tensor, Tensor],
     rank is static, so the branch below is too.
 
     A ``joint`` spec (``export_prepare(batch="joint")``: the whole batch is one row, its
-    size read from the input) hands ``f`` the loop's ``t`` as it is, as the eager joint
+    size read from the input) has no per-sample ``t`` to broadcast: its rhs is
+    :func:`~odeserve._api.make_rhs`'s, which hands ``f`` the loop's ``t`` as the eager joint
     solve does."""
     if not spec.per_sample:
-
-        def joint_rhs(t: Tensor, y: Tensor) -> Tensor:
-            return spec.flatten(f(t, spec.unflatten(y)))
-
-        return joint_rhs
+        return make_rhs(f, spec)
     flat = not spec.is_tuple and len(spec.tails[0]) == 1
 
     def rhs(t: Tensor, y: Tensor) -> Tensor:
