@@ -318,20 +318,29 @@ def _output_buffer(y0: Tensor, n: int) -> Tensor:
 def adaptive_while(P: Problem, y0: Tensor) -> LoopResult:
     """The same step as a ``torch.while_loop``: compiles whole and exports to an ONNX Loop."""
     st, init_evals = adaptive_init(P, y0)
+    outputs = P.t_interior.shape[0] > 0
     st = st._replace(ys=_output_buffer(y0, P.t_interior.shape[0]))
     iters = torch.zeros((), dtype=torch.int64, device=y0.device)
+
+    def state(carry: tuple[Tensor, ...]) -> AdaptiveState:
+        # Without interior output times (a static fact) the empty ``ys`` is not carried: a
+        # carry costs every iteration (a fresh buffer, two tensor handles in a compiled
+        # loop; a Loop variable and a copy in ONNX) even when it holds nothing.
+        return AdaptiveState(*carry) if outputs else AdaptiveState(*carry, ys=carry[1].new_zeros((0,) + carry[1].shape))
+
+    def carried(s: AdaptiveState) -> tuple[Tensor, ...]:
+        return tuple(s) if outputs else tuple(s)[:-1]
 
     def cond(i: Tensor, *carry: Tensor) -> Tensor:
         return (carry[5] == RUNNING).any()
 
     def body(i: Tensor, *carry: Tensor) -> tuple[Tensor, ...]:
-        nxt = adaptive_step(P, AdaptiveState(*carry))
-        # torch.export rejects a body that returns an input unchanged (aliasing): with no
-        # interior output times ``ys`` passes straight through, so it is copied (it is empty).
+        nxt = carried(adaptive_step(P, state(carry)))
+        # torch.export rejects a body that returns an input unchanged (aliasing).
         return (i + 1,) + tuple(n.clone() if n is c else n for n, c in zip(nxt, carry))
 
-    out = torch.while_loop(cond, body, (iters,) + tuple(st))
-    i, st = out[0], AdaptiveState(*out[1:])
+    out = torch.while_loop(cond, body, (iters,) + carried(st))
+    i, st = out[0], state(out[1:])
     eps = P.solver.evals_per_step + (P.solver.interpolation_evals if P.t_interior.shape[0] > 0 else 0)
     return LoopResult(st.t, st.ys, st.y, st.status, st.accepted, st.rejected, init_evals + eps * i,
                       init_evals + eps * (st.accepted + st.rejected), st.dt)
