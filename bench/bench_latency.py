@@ -23,7 +23,8 @@ every other contender; the ratio ``× diffrax`` is the median of those paired ra
 in the machine's load cancel), on the process CPU clock (XLA may run a program on a thread
 of its own: see ``diffrax_peer``; wall medians are in the JSON too).
 
-Run: ``python bench/bench_latency.py [--quick] [--cases a,b] [--aoti] [--extra] [--name STEM]``;
+Run: ``python bench/bench_latency.py [--quick] [--cases a,b] [--aoti] [--extra] [--threads-study]
+[--name STEM]``;
 writes bench/results/latency.json and latency.md (``--quick``: latency_quick.*; ``--name``:
 STEM.*).
 """
@@ -31,6 +32,7 @@ STEM.*).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import sys
@@ -39,7 +41,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -252,7 +254,7 @@ def aoti_contender(case: Case, f: torch.nn.Module, y0: torch.Tensor, tmp: Path, 
     # Batch 1: a package for exactly that batch (a dynamic batch axis starts at 2 in
     # PyTorch's shape specialisation); batch 512: the dynamic-batch package.
     dynamic = case.batch > 1
-    path = tmp / f"case-{case.key}-{batch}-{case.controller or 'default'}.pt2"
+    path = tmp / f"case-{case.key}-{batch}-{case.controller or 'default'}-{name.replace(' ', '_')}.pt2"
     t = time.perf_counter()
     try:
         to_aoti(f, y0 if not dynamic else mlp_y0(8, case.dim), path, dynamic_batch=dynamic, progress=False,
@@ -267,6 +269,49 @@ def aoti_contender(case: Case, f: torch.nn.Module, y0: torch.Tensor, tmp: Path, 
     mode = "per sample" if batch == "per_sample" else "joint"
     return {name: Contender(lambda: model(y0), _np(outs[0]), setup, steps,
                             note=f"{mode}; to_aoti(dynamic_batch={dynamic}) + load_aoti")}
+
+
+@contextlib.contextmanager
+def inductor_default_threads(n: int) -> Iterator[None]:
+    """Build as odeserve did before its one-row default of ``threads=1``: Inductor's default
+    thread setting, in a process running ``n`` threads (this machine's core count: Inductor
+    then writes OpenMP regions whose team size the running process sets)."""
+    import odeserve.export.libtorch as ol
+
+    before, orig = torch.get_num_threads(), ol.thread_options
+    torch.set_num_threads(n)
+    ol.thread_options = lambda threads: {}
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+        ol.thread_options = orig
+
+
+def parallel_kernel_contenders(case: Case, f: torch.nn.Module, y0: torch.Tensor, tmp: Path,
+                               aoti: bool) -> dict[str, Contender]:
+    """--threads-study: batch-1 compile_solve (and AOTI package) written with OpenMP regions,
+    as a build process with this machine's core count wrote them before odeserve compiled one
+    sample for one thread; run, like every contender, on this process's one thread."""
+    from odeserve.export import compile_solve
+
+    cores = os.cpu_count() or 2
+    out: dict[str, Contender] = {}
+    c = compile_solve(f, t0=0.0, t1=1.0, batch="joint", **case.solve_options)
+    c.__dict__["compiled_single"] = None  # batch 1 through the default-threads graph
+    t = time.perf_counter()
+    with inductor_default_threads(cores), torch.no_grad():
+        ys = c(y0)
+    out[f"compiled, {cores}-thread kernels (before)"] = Contender(
+        lambda: c(y0), _np(ys[-1]), time.perf_counter() - t, case.steps,
+        note=f"joint batch; compiled in a {cores}-thread process with Inductor's default threads")
+    if aoti:
+        with inductor_default_threads(cores):
+            got = aoti_contender(case, f, y0, tmp, name=f"AOTI, {cores}-thread kernels (before)")
+        for c_ in got.values():
+            c_.note += f"; built in a {cores}-thread process with Inductor's default threads"
+        out.update(got)
+    return out
 
 
 # --------------------------------------------------------------------------- one case
@@ -304,6 +349,8 @@ def run_case(case: Case, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             if case.steps is None and case.batch > 1:
                 ci = dataclasses.replace(case, controller="i")
                 contenders.update(aoti_contender(ci, f, y0, tmp, batch="joint", name="AOTI joint (controller i)"))
+        if args.threads_study and case.batch == 1:
+            contenders.update(parallel_kernel_contenders(case, f, y0, tmp, args.aoti))
     tol = case.tolerance(ref)
     errors = {n: float(np.abs(c.y1.reshape(ref.shape) - ref).max()) for n, c in contenders.items()}
     for n, c in contenders.items():
@@ -393,7 +440,13 @@ NOTES = """
   dynamic-batch package for (c); built with `decompose_mm_pass` at batch 1 and, since commit
   6551f07, with the solver's constants as literals in the loop (`odeserve.solver.Const`:
   dopri5's loop body went from ~56 inputs to 14) and called through the package's flat C++
-  `run` (AOTI (a) ×3.1 → ×2.2).
+  `run` (AOTI (a) ×3.1 → ×2.2).  The bench process runs one thread, so its packages were
+  always serial code.
+* **"(before)" rows** (`--threads-study`, batch 1): `compile_solve`'s batch-1 graph and the
+  batch-1 AOTI package built the way odeserve built them in an ordinary process before one
+  sample was compiled for one thread — Inductor's default threads in a process running as
+  many threads as the machine has cores, so the kernels carry OpenMP regions whose team
+  size is set at run time — and run, like every row, by this process's one thread.
 """
 
 
@@ -403,6 +456,9 @@ def main() -> None:
     ap.add_argument("--cases", default="a,b,c")
     ap.add_argument("--extra", action="store_true", help="also the slower compile modes and ORT settings")
     ap.add_argument("--aoti", action="store_true", help="also odeserve.export.to_aoti (minutes per case)")
+    ap.add_argument("--threads-study", action="store_true",
+                    help="batch 1: also compile_solve (and with --aoti to_aoti) built as before the one-row default "
+                         "of threads=1 (Inductor's default in a process running as many threads as cores)")
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--max-seconds", type=float, default=None, help="per case")
     ap.add_argument("--name", default=None, help="results file stem (default latency, or latency_quick)")

@@ -88,6 +88,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     fmt = getattr(args, "format", "onnx")
     if getattr(args, "exact_tanh", False) and fmt != "aoti":
         raise InvalidOptionError("--exact-tanh applies to --format aoti only (the other formats keep torch.tanh)")
+    if getattr(args, "threads", None) is not None and fmt != "aoti":
+        raise InvalidOptionError("--threads applies to --format aoti only (the thread count its C++ kernels are "
+                                 "written for)")
     if fmt == "onnx":
         result: Any = to_onnx(model, example, args.output, mode=args.mode or "loop", opset=args.opset or 20,
                               dynamic_batch=not args.static_batch, **common)
@@ -106,7 +109,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             result = to_exported_program(model, example, args.output, dynamic_batch=not args.static_batch, **common)
         else:
             result = to_aoti(model, example, args.output, dynamic_batch=not args.static_batch,
-                             fast_tanh=not args.exact_tanh, **common)
+                             fast_tanh=not args.exact_tanh, threads=args.threads, **common)
     print(f"wrote {result.path} ({result.size_bytes / 1024:.1f} KiB) in {result.export_seconds:.1f} s")
     if result.auto_steps is not None:
         print(f"steps='auto' chose {result.steps} steps (error {result.auto_steps.error:.3g}× the tolerance)")

@@ -328,6 +328,27 @@ def inductor_backend(config_patches: dict[str, Any], *, fast_tanh: bool) -> Call
     return backend
 
 
+def check_threads(threads: int | None) -> int | None:
+    """Validate a ``threads`` option (``compile_solve``, ``to_aoti``): ``None`` or an int ≥ 1.
+
+    It sets Inductor's ``cpp.threads``, the thread count its C++ kernels are written for:
+    above 1 every kernel loop worth splitting becomes an OpenMP parallel region, whatever
+    thread count the code later runs with, and libgomp wakes the team with a futex system
+    call at every region's barriers even for a team of one.  For a single sample that is
+    most of the work: a batch-1 dopri5 AOTI package (MLP 2/64) written for 2 threads took
+    1.6–1.8× the time of one written for 1, both run single-threaded
+    (``bench/bench_latency.py --aoti --threads-study``)."""
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise InvalidOptionError(f"threads must be None or an int >= 1, got {threads!r}")
+    return threads
+
+
+def thread_options(threads: int | None) -> dict[str, Any]:
+    """Inductor settings for kernels written for ``threads`` threads (``None``: Inductor's
+    default, the process's thread count at compile time)."""
+    return {"cpp.threads": threads} if threads is not None else {}
+
+
 def batch1_matmul_options() -> dict[str, Any]:
     """Inductor's ``decompose_mm_pass`` (see :func:`_inference_options`), for every
     Inductor build odeserve makes (``compile_solve``'s inference graphs, ``to_aoti``)."""
@@ -351,7 +372,14 @@ class CompiledODE(nn.Module):
     while_loop_stack_output", the loop that saves the forward states for the backward
     pass).  ``fast_tanh`` (with the same default inference options): float32 ``tanh`` in the
     inference graph as XLA's rational approximation (:mod:`odeserve.export._tanh`; ≤ 3.1
-    float32 eps, 1.1–1.2× faster at batch 1); training graphs keep ``torch.tanh``."""
+    float32 eps, 1.1–1.2× faster at batch 1); training graphs keep ``torch.tanh``.
+
+    ``threads`` (same default inference options): the thread count Inductor writes the
+    inference graphs' C++ kernels for (its ``cpp.threads``; ``k`` > 1: OpenMP regions of
+    ``k`` threads).  ``None`` (default): one thread — serial code — for a single sample (a
+    batch of 1, or no batch axis), where every OpenMP region's barriers cost more than the
+    split saves (see :func:`check_threads`), and Inductor's default (the process's
+    ``torch.get_num_threads()`` at compile time) for other batches."""
 
     def __init__(
         self,
@@ -363,29 +391,54 @@ class CompiledODE(nn.Module):
         options: dict[str, Any] | None = None,
         cpp_wrapper: bool = True,
         fast_tanh: bool = True,
+        threads: int | None = None,
     ) -> None:
         super().__init__()
         self.module = module
         self.dynamic = dynamic
+        self.threads = check_threads(threads)
         kw: dict[str, Any] = dict(fullgraph=True, dynamic=None if dynamic else False, mode=mode)
         inference: dict[str, Any] = dict(backend=backend, options=options)
+        single: dict[str, Any] | None = None  # the one-sample inference graph, when it differs
         if cpp_wrapper and backend == "inductor" and mode is None and options is None:
-            inference = dict(backend=inductor_backend(_inference_options(), fast_tanh=fast_tanh))
+            inference = dict(backend=inductor_backend({**_inference_options(), **thread_options(threads)},
+                                                      fast_tanh=fast_tanh))
+            if threads is None:
+                single = dict(backend=inductor_backend({**_inference_options(), **thread_options(1)},
+                                                   fast_tanh=fast_tanh))
         # Not submodule attributes: the compiled callables must not duplicate the parameters.
         self.__dict__["compiled"] = torch.compile(_private_code(module.solve), backend=backend, options=options, **kw)
         self.__dict__["compiled_inference"] = torch.compile(_private_code(module.solve), **inference, **kw)
+        self.__dict__["compiled_single"] = (
+            torch.compile(_private_code(module.solve), **single, **kw) if single is not None else None
+        )
+
+    def _inference_graph(self, y0: State, batch_comps: tuple[Tensor, ...]) -> Callable[..., Any]:
+        """``compiled_single`` for one sample (a batch axis of 1, or no batch axis), when
+        there is one; ``compiled_inference`` for the rest."""
+        one = not batch_comps or batch_comps[0].shape[0] == 1
+        return self.compiled_single if one and self.compiled_single is not None else self.compiled_inference
 
     def forward(self, y0: State) -> State | tuple[State, SolveInfo]:
         m = self.module
         p = m.prepare(y0)
         comps = tuple(y0) if isinstance(y0, (tuple, list)) else (y0,)
+        batch_comps = p.spec.batch_components(y0)  # type: ignore[attr-defined]
         if self.dynamic:
-            for c in p.spec.batch_components(y0):  # type: ignore[attr-defined]
+            for c in batch_comps:
                 torch._dynamo.maybe_mark_dynamic(c, 0)
         needs_grad = torch.is_grad_enabled() and (
             any(c.requires_grad for c in comps) or any(q.requires_grad for q in m.parameters())
         )
-        ys, info = (self.compiled if needs_grad else self.compiled_inference)(y0)
+        if needs_grad:
+            ys, info = self.compiled(y0)
+        else:
+            # No gradient is wanted (a frozen model, or data only): the inference graph runs
+            # under no_grad.  In grad mode the solve would mark y0 as requiring grad for
+            # while_loop's backward, an output Dynamo refuses to return from a graph without
+            # autograd ("returning intermediate with requires_grad_()").
+            with torch.no_grad():
+                ys, info = self._inference_graph(y0, batch_comps)(y0)
         if m.throw:
             m.check(y0, ys, info)
         return (ys, info) if m.return_info else ys
@@ -400,6 +453,7 @@ def compile_solve(
     options: dict[str, Any] | None = None,
     cpp_wrapper: bool = True,
     fast_tanh: bool = True,
+    threads: int | None = None,
     **solve_options: Any,
 ) -> CompiledODE:
     """A compiled solver for ``f``: ``compile_solve(f, solver="rk4", t0=0, t1=1, steps=100)(y0)``.
@@ -410,8 +464,8 @@ def compile_solve(
     ``dynamic=True`` (default) makes the batch axis symbolic so new batch sizes reuse it
     (batch 1 gets its own graph: PyTorch specialises size 1), and changing only the values
     of ``y0`` never recompiles.  ``backend``, ``mode`` and ``options`` go to
-    ``torch.compile``; ``cpp_wrapper`` and ``fast_tanh``: see :class:`CompiledODE`.
+    ``torch.compile``; ``cpp_wrapper``, ``fast_tanh`` and ``threads``: see :class:`CompiledODE`.
     """
     module = ODEModule(f, **solve_options)
     return CompiledODE(module, dynamic=dynamic, backend=backend, mode=mode, options=options, cpp_wrapper=cpp_wrapper,
-                       fast_tanh=fast_tanh)
+                       fast_tanh=fast_tanh, threads=threads)

@@ -75,7 +75,7 @@ from ._onnx_trace import (
 )
 from ._steps import AutoSteps, calibration_inputs, choose_steps
 from ._tanh import fast_tanh_decompositions
-from .compile import batch1_matmul_options
+from .compile import batch1_matmul_options, check_threads, thread_options
 from .onnx import _comps, _eager, _inference, _Names, _parity_inputs, _Plan, _plan, export_prepare, state_shapes
 
 __all__ = [
@@ -238,6 +238,7 @@ def to_aoti(
     seed: int = 0,
     progress: bool = True,
     fast_tanh: bool = True,
+    threads: int | None = None,
 ) -> ArtifactExport:
     """Compile the exported program of :func:`to_exported_program` with AOTInductor into a
     ``.pt2`` package (``torch._inductor.aoti_compile_and_package``): generated C++ and a
@@ -248,13 +249,23 @@ def to_aoti(
     The package runs on the CPU type (instruction set) it was compiled on.  ``path`` must
     end in ``.pt2``; arguments and outputs as :func:`to_exported_program`.  ``fast_tanh``:
     float32 ``tanh`` compiled as XLA's rational approximation (:mod:`odeserve.export._tanh`:
-    ≤ 3.1 float32 eps; 1.1–1.2× faster at batch 1); recorded in the metadata.
+    ≤ 3.1 float32 eps; 1.1–1.2× faster at batch 1); recorded in the metadata.  ``threads``:
+    the thread count the package's kernels are written for (Inductor's ``cpp.threads``,
+    recorded as ``threads``): 1 writes serial code; ``k`` > 1 splits the kernel loops into
+    OpenMP regions of ``k`` threads each (Inductor writes ``num_threads(k)``: serve it with
+    ``k`` cores — on fewer the team waits on the scheduler at every barrier).  ``None``: 1
+    for a package of exactly one row (``dynamic_batch=False`` at batch 1: OpenMP regions
+    cost a one-row solve more than they save, see
+    :func:`odeserve.export.compile.check_threads`), otherwise Inductor's default (this
+    process's ``torch.get_num_threads()``, the team size left to the serving process when
+    that is the machine's core count).
     """
+    check_threads(threads)
     return _export("aoti", model_or_f, example_y0, path, dict(
         solver=solver, t0=t0, t1=t1, steps=steps, rtol=rtol, atol=atol, output_times=output_times,
         dynamic_batch=dynamic_batch, dynamic_times=dynamic_times, batch=batch, dtype=dtype, max_steps=max_steps,
         controller=controller, parity_tol=parity_tol, parity_batches=parity_batches, calibration=calibration,
-        steps_cap=steps_cap, seed=seed, progress=progress, fast_tanh=fast_tanh,
+        steps_cap=steps_cap, seed=seed, progress=progress, fast_tanh=fast_tanh, threads=threads,
     ))
 
 
@@ -390,6 +401,10 @@ def _export(fmt: str, model_or_f: Any, example_y0: Any, path: str | Path, o: dic
                          max_steps=o["max_steps"])
         if "fast_tanh" in o:
             meta["fast_tanh"] = bool(o["fast_tanh"]) and plan.dtype == torch.float32
+        if "threads" in o:
+            one_row = not dynamic and meta["batch"] == 1
+            # None: Inductor's default (this process's thread count), recorded as that count
+            meta["threads"] = o["threads"] or (1 if one_row else None)
         with atomic_output(path) as tmp, _work_file(tmp, backend.suffix) as work:
             backend.save(artifact, meta, work, o["progress"])
             build_seconds = time.perf_counter() - t_build
@@ -595,7 +610,11 @@ class _Aoti(_ExportedProgram):
         # batch1_matmul_options: a batch-1 package's matrix products become Inductor's own
         # fused code instead of an ATen call per layer (1.9-2.2x faster at batch 1 here,
         # bench/results/latency.md); symbolic batches are unchanged.
-        configs = {"aot_inductor.metadata": stringify(meta), **batch1_matmul_options()}
+        configs = {"aot_inductor.metadata": stringify(meta), **batch1_matmul_options(),
+                   **thread_options(meta["threads"])}
+        if meta.get("threads") is None:
+            meta["threads"] = torch.get_num_threads()
+            configs["aot_inductor.metadata"] = stringify(meta)
         if meta.get("batch_mode") == "joint":
             # A joint loop starts from 0-d tensors (the start time); Inductor would inline a
             # 0-d constant as a literal, which its while_loop cannot take as a carried input

@@ -122,6 +122,9 @@ def _add_export_commands(sub) -> None:  # type: ignore[no-untyped-def]
     p.add_argument("--exact-tanh", action="store_true",
                    help="aoti only: compile torch.tanh as is (default: float32 tanh as XLA's rational approximation, "
                         "<= 3.1 float32 eps, faster at batch 1)")
+    p.add_argument("--threads", type=int,
+                   help="aoti only: the thread count the package's kernels are written for (default: 1 for a "
+                        "--static-batch package of one row, else this process's torch thread count)")
     p.add_argument("--parity-tol", type=float)
     p.add_argument("--parity-batches", default="1,7,256", help="batch sizes of the parity check (default 1,7,256)")
     p.set_defaults(func=_deferred("cmd_export"))

@@ -20,6 +20,11 @@ from torch._dynamo.utils import counters
 from odeserve import SolveFailedError, Status, get_registry, solve
 from odeserve.export import ODEModule, compile_solve
 
+try:
+    from .problems import TimeConcatMLP
+except ImportError:
+    from problems import TimeConcatMLP
+
 SOLVERS = sorted(get_registry().entries("solver"))
 T = [0.0, 0.3, 0.7, 1.0]  # interior output times: dense output / output slots are compiled too
 
@@ -306,3 +311,62 @@ def test_inductor_float32_matches_eager(solver, batch, rows):
     assert torch.equal(info.status, ref.status)
     assert torch.equal(info.accepted, ref.stats["accepted"])
     assert torch.equal(info.rejected, ref.stats["rejected"])
+
+
+# --------------------------------------------------------------------------- grad mode, threads
+
+
+def _frozen_mlp() -> nn.Module:
+    return TimeConcatMLP(hidden=16).eval().requires_grad_(False)
+
+
+def test_frozen_model_in_grad_mode_uses_the_inference_graph():
+    """A frozen model called without ``torch.no_grad()`` (grad mode is PyTorch's default):
+    nothing needs a gradient, so the inference graph runs — it used to fail in Dynamo
+    ("returning intermediate with requires_grad_()") because the solve marked ``y0`` as
+    requiring grad for the while loop's backward."""
+    f = _frozen_mlp()
+    y0 = torch.randn(3, 2, generator=torch.Generator().manual_seed(3))
+    model = compile_solve(f, solver="rk4", t0=0.0, t1=1.0, steps=4, backend="eager")
+    ys = model(y0)
+    assert not ys.requires_grad
+    with torch.no_grad():
+        want = solve(f, y0, [0.0, 1.0], solver="rk4", steps=4).ys
+    assert torch.allclose(ys, want, atol=1e-6)
+
+
+def test_threads_option_is_validated():
+    from odeserve.errors import InvalidOptionError
+
+    for bad in (0, -1, True, 1.5, "2"):
+        with pytest.raises(InvalidOptionError, match="threads must be None or an int >= 1"):
+            compile_solve(_frozen_mlp(), solver="rk4", steps=2, threads=bad)
+
+
+_OMP = "#pragma omp parallel"
+
+
+@pytest.mark.slow
+def test_single_sample_graph_is_written_for_one_thread(monkeypatch):
+    """Inductor writes OpenMP regions into its kernels when it compiles for more than one
+    thread; one sample is too little work for them (bench/bench_latency.py --extra).  The
+    default compiles a batch-1 graph for one thread even when the process runs two;
+    ``threads=2`` asks for the parallel kernels.  Both agree with the eager solve."""
+    from torch._inductor.utils import run_and_get_code
+
+    # 64 × 65 products: big enough for Inductor to split them (not a 16-wide layer)
+    f = TimeConcatMLP(dim=64, hidden=64).eval().requires_grad_(False)
+    y0 = torch.randn(1, 64, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        want = solve(f, y0, [0.0, 1.0], solver="rk4", steps=4).ys[-1]
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # what Inductor reads for cpp.threads=-1
+    codes = {}
+    for threads in (None, 2):
+        torch._dynamo.reset()
+        model = compile_solve(f, solver="rk4", t0=0.0, t1=1.0, steps=4, threads=threads)
+        with torch.no_grad():
+            out, code = run_and_get_code(model, y0)
+        assert float((out[-1] - want).abs().max()) <= 1e-6
+        codes[threads] = "\n".join(code)
+    assert _OMP not in codes[None]
+    assert _OMP in codes[2]

@@ -360,6 +360,9 @@ def test_cli_export_torchscript_and_inspect(tmp_path: Path, capsys: pytest.Captu
     assert main(["export", "test_torchscript_export:make_model", "--format", "pt2", "--state-shape", "2",
                  "--steps", "2", "--opset", "18", "-o", str(tmp_path / "m.pt2")]) == 2
     assert "--opset applies to --format onnx only" in capsys.readouterr().err
+    assert main(["export", "test_torchscript_export:make_model", "--format", "pt2", "--state-shape", "2",
+                 "--steps", "2", "--threads", "1", "-o", str(tmp_path / "m.pt2")]) == 2
+    assert "--threads applies to --format aoti only" in capsys.readouterr().err
     assert not math.isnan(float(read_artifact_metadata(out)["parity_error"]))
 
 
@@ -394,3 +397,29 @@ def test_libtorch_example_file(tmp_path: Path) -> None:
         out = subprocess.run([str(exe), str(model), "3"], capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr
         assert (torch.tensor(rows(out.stdout)) - torch.tensor(eager)).abs().max().item() < 1e-6
+
+
+def _kernel_source(package: Path) -> str:
+    with zipfile.ZipFile(package) as z:
+        return "\n".join(z.read(n).decode() for n in z.namelist() if n.endswith(".cpp"))
+
+
+@pytest.mark.slow
+def test_aoti_one_row_package_is_written_for_one_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A package for exactly one row (``dynamic_batch=False`` at batch 1) is compiled for one
+    thread whatever the building process runs (OpenMP regions cost a batch-1 solve more than
+    they save); ``threads=2`` writes the parallel kernels.  The count is in the metadata and
+    both packages reproduce the eager solve."""
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # a 2-thread build process
+    f = TimeConcatMLP(dim=64, hidden=64)  # 64 × 65 products: big enough for Inductor to split
+    y = torch.randn(1, 64, generator=torch.Generator().manual_seed(3))
+    want = solve(f, y, [0.0, 1.0], solver="rk4", steps=3, batch="per_sample").ys[-1]
+    for threads, expect in ((None, "1"), (2, "2")):
+        path = tmp_path / f"m{expect}.pt2"
+        to_aoti(f, y, path, solver="rk4", steps=3, dynamic_batch=False, parity_batches=(1,), progress=False,
+                threads=threads)
+        assert read_artifact_metadata(path)["threads"] == expect
+        assert ("#pragma omp parallel" in _kernel_source(path)) is (expect == "2")
+        assert float((load_aoti(path)(y)[0] - want).abs().max()) < 1e-5
+    with pytest.raises(InvalidOptionError, match="threads must be None or an int >= 1"):
+        to_aoti(f, y, tmp_path / "bad.pt2", solver="rk4", steps=3, threads=0)
