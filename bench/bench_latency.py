@@ -393,7 +393,8 @@ def report(results: list[dict[str, Any]], env: dict[str, Any], quick: bool) -> s
         "# Latency vs diffrax (bench/bench_latency.py)\n",
         f"torch {env['torch']}, jax {env['jax']}, diffrax {env['diffrax']}, onnxruntime {env['onnxruntime']}; "
         f"{env['cpus']} CPUs shared with other jobs (load average {env.get('load_avg', '?')}), {env['time']}"
-        f"{' — quick mode' if quick else ''}.  float32, t ∈ [0, 1], one thread everywhere, the process pinned "
+        f"{' — quick mode' if quick else ''}; allocator: {env.get('malloc', 'glibc')} (every contender).  "
+        "float32, t ∈ [0, 1], one thread everywhere, the process pinned "
         f"to one core.  Medians of round-robin rounds on the process CPU clock; **× diffrax** is the median of paired ratios (diffrax timed right before "
         "each sample).  Setup = compile / export (+ parity gate), paid once, not in the times.\n",
     ]
@@ -450,6 +451,28 @@ NOTES = """
 """
 
 
+#: --malloc: shared libraries preloaded as the process's allocator (Debian packages
+#: libtcmalloc-minimal4 and libjemalloc2; any other path is taken as given).
+ALLOCATORS = {
+    "tcmalloc": "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4",
+    "jemalloc": "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2",
+}
+
+
+def use_allocator(choice: str) -> str | None:
+    """Re-run this process with ``choice`` preloaded (``LD_PRELOAD``) unless it already is:
+    every contender, diffrax included, then allocates through it.  Returns the library."""
+    if choice == "default":
+        return None
+    lib = ALLOCATORS.get(choice, choice)
+    if not Path(lib).is_file():
+        sys.exit(f"--malloc {choice}: {lib} not found (apt-get install libtcmalloc-minimal4 / libjemalloc2)")
+    if lib not in os.environ.get("LD_PRELOAD", "").split(":"):
+        env = {**os.environ, "LD_PRELOAD": ":".join(filter(None, [lib, os.environ.get("LD_PRELOAD", "")]))}
+        os.execve(sys.executable, [sys.executable, *sys.argv], env)
+    return lib
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer rounds, results to latency_quick.*")
@@ -459,11 +482,15 @@ def main() -> None:
     ap.add_argument("--threads-study", action="store_true",
                     help="batch 1: also compile_solve (and with --aoti to_aoti) built as before the one-row default "
                          "of threads=1 (Inductor's default in a process running as many threads as cores)")
+    ap.add_argument("--malloc", default="default",
+                    help="default (glibc), tcmalloc, jemalloc or a library path: preloaded for the whole process, "
+                         "diffrax included")
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--max-seconds", type=float, default=None, help="per case")
     ap.add_argument("--name", default=None, help="results file stem (default latency, or latency_quick)")
     ap.add_argument("--report-only", action="store_true", help="rewrite the .md from the .json")
     args = ap.parse_args()
+    allocator = None if args.report_only else use_allocator(args.malloc)
     stem = args.name or ("latency_quick" if args.quick else "latency")
     if args.report_only:
         import json
@@ -478,7 +505,8 @@ def main() -> None:
     import onnxruntime
 
     cpu = diffrax_peer.pin_to_one_cpu()
-    env = {**environment(), **diffrax_peer.versions(), "onnxruntime": onnxruntime.__version__, "pinned_cpu": cpu}
+    env = {**environment(), **diffrax_peer.versions(), "onnxruntime": onnxruntime.__version__, "pinned_cpu": cpu,
+           "malloc": allocator or "glibc"}
     tmp = Path(tempfile.mkdtemp(prefix="odeserve-bench-latency-"))
     results = [run_case(CASES[k], args, tmp) for k in args.cases.split(",")]
     write_json(f"{stem}.json", {"environment": env, "args": vars(args), "cases": results})
