@@ -335,9 +335,10 @@ def check_threads(threads: int | None) -> int | None:
     above 1 every kernel loop worth splitting becomes an OpenMP parallel region, whatever
     thread count the code later runs with, and libgomp wakes the team with a futex system
     call at every region's barriers even for a team of one.  For a single sample that is
-    most of the work: a batch-1 dopri5 AOTI package (MLP 2/64) written for 2 threads took
-    1.6–1.8× the time of one written for 1, both run single-threaded
-    (``bench/bench_latency.py --aoti --threads-study``)."""
+    most of the work: a batch-1 dopri5 AOTI package (MLP 2/64) written for this machine's 2
+    threads took 1.4× (``bench/bench_latency.py --aoti --threads-study``) to 1.8× (two
+    packages alternated in one process) the time of one written for 1, both run
+    single-threaded; an RK4 package of the 64/256 MLP 1.13×."""
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise InvalidOptionError(f"threads must be None or an int >= 1, got {threads!r}")
     return threads
