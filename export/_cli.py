@@ -86,11 +86,11 @@ def cmd_export(args: argparse.Namespace) -> int:
         parity_batches=[int(b) for b in args.parity_batches.split(",") if b],
     )
     fmt = getattr(args, "format", "onnx")
-    if getattr(args, "exact_tanh", False) and fmt != "aoti":
-        raise InvalidOptionError("--exact-tanh applies to --format aoti only (the other formats keep torch.tanh)")
-    if getattr(args, "threads", None) is not None and fmt != "aoti":
-        raise InvalidOptionError("--threads applies to --format aoti only (the thread count its C++ kernels are "
-                                 "written for)")
+    aoti_only = [flag for flag, v in (("--exact-tanh", getattr(args, "exact_tanh", False)),
+                                      ("--threads", getattr(args, "threads", None) is not None)) if v]
+    if aoti_only and fmt != "aoti":
+        raise InvalidOptionError(f"{' and '.join(aoti_only)} {'apply' if len(aoti_only) > 1 else 'applies'} to "
+                                 "--format aoti only (the other formats keep torch.tanh and write no C++ kernels)")
     if fmt == "onnx":
         result: Any = to_onnx(model, example, args.output, mode=args.mode or "loop", opset=args.opset or 20,
                               dynamic_batch=not args.static_batch, **common)

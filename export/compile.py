@@ -397,7 +397,7 @@ class CompiledODE(nn.Module):
         super().__init__()
         self.module = module
         self.dynamic = dynamic
-        self.threads = check_threads(threads)
+        check_threads(threads)
         kw: dict[str, Any] = dict(fullgraph=True, dynamic=None if dynamic else False, mode=mode)
         inference: dict[str, Any] = dict(backend=backend, options=options)
         single: dict[str, Any] | None = None  # the one-sample inference graph, when it differs

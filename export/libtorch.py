@@ -614,11 +614,10 @@ class _Aoti(_ExportedProgram):
         # batch1_matmul_options: a batch-1 package's matrix products become Inductor's own
         # fused code instead of an ATen call per layer (1.9-2.2x faster at batch 1 here,
         # bench/results/latency.md); symbolic batches are unchanged.
-        configs = {"aot_inductor.metadata": stringify(meta), **batch1_matmul_options(),
-                   **thread_options(meta["threads"])}
-        if meta.get("threads") is None:
+        threads = meta["threads"]  # None: Inductor's default, which writes for this process's count
+        if threads is None:
             meta["threads"] = torch.get_num_threads()
-            configs["aot_inductor.metadata"] = stringify(meta)
+        configs = {"aot_inductor.metadata": stringify(meta), **batch1_matmul_options(), **thread_options(threads)}
         if meta.get("batch_mode") == "joint":
             # A joint loop starts from 0-d tensors (the start time); Inductor would inline a
             # 0-d constant as a literal, which its while_loop cannot take as a carried input

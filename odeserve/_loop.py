@@ -341,7 +341,7 @@ def adaptive_while(P: Problem, y0: Tensor) -> LoopResult:
 
     out = torch.while_loop(cond, body, (iters,) + carried(st))
     i, st = out[0], state(out[1:])
-    eps = P.solver.evals_per_step + (P.solver.interpolation_evals if P.t_interior.shape[0] > 0 else 0)
+    eps = P.solver.evals_per_step + (P.solver.interpolation_evals if outputs else 0)
     return LoopResult(st.t, st.ys, st.y, st.status, st.accepted, st.rejected, init_evals + eps * i,
                       init_evals + eps * (st.accepted + st.rejected), st.dt)
 
