@@ -87,10 +87,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     )
     fmt = getattr(args, "format", "onnx")
     aoti_only = [flag for flag, v in (("--exact-tanh", getattr(args, "exact_tanh", False)),
-                                      ("--threads", getattr(args, "threads", None) is not None)) if v]
+                                      ("--threads", getattr(args, "threads", None) is not None),
+                                      ("--prefix-steps", getattr(args, "prefix_steps", None) is not None)) if v]
     if aoti_only and fmt != "aoti":
         raise InvalidOptionError(f"{' and '.join(aoti_only)} {'apply' if len(aoti_only) > 1 else 'applies'} to "
-                                 "--format aoti only (the other formats keep torch.tanh and write no C++ kernels)")
+                                 "--format aoti only (the other formats keep torch.tanh, write no C++ kernels "
+                                 "and hold one model)")
     if fmt == "onnx":
         result: Any = to_onnx(model, example, args.output, mode=args.mode or "loop", opset=args.opset or 20,
                               dynamic_batch=not args.static_batch, **common)
@@ -109,7 +111,8 @@ def cmd_export(args: argparse.Namespace) -> int:
             result = to_exported_program(model, example, args.output, dynamic_batch=not args.static_batch, **common)
         else:
             result = to_aoti(model, example, args.output, dynamic_batch=not args.static_batch,
-                             fast_tanh=not args.exact_tanh, threads=args.threads, **common)
+                             fast_tanh=not args.exact_tanh, threads=args.threads,
+                             prefix_steps=_prefix_steps(args.prefix_steps), **common)
     print(f"wrote {result.path} ({result.size_bytes / 1024:.1f} KiB) in {result.export_seconds:.1f} s")
     if result.auto_steps is not None:
         print(f"steps='auto' chose {result.steps} steps (error {result.auto_steps.error:.3g}× the tolerance)")
@@ -242,3 +245,15 @@ def run_command(func: Callable[[argparse.Namespace], int], args: argparse.Namesp
     except (OdeserveError, FileNotFoundError, TypeError, ValueError) as e:
         print(f"odeserve {args.command}: error: {e}", file=sys.stderr)
         return 2
+
+
+def _prefix_steps(value: str | None) -> int | str:
+    """``--prefix-steps``: ``auto`` (also when absent) or a count."""
+    from odeserve.errors import InvalidOptionError
+
+    if value is None or value == "auto":
+        return "auto"
+    try:
+        return int(value)
+    except ValueError:
+        raise InvalidOptionError(f"--prefix-steps must be 'auto' or a step count >= 0, got {value!r}") from None

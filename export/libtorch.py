@@ -30,6 +30,7 @@ own ``aot_inductor.metadata``, which C++ reads with ``get_metadata()``).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -48,6 +49,7 @@ from torch import Tensor
 from torch.utils import _pytree as pytree
 
 from odeserve._api import PreparedSolve, prepare
+from odeserve._loop import RUNNING
 from odeserve.errors import DtypeMismatchError, InvalidOptionError, OdeserveError, ShapeMismatchError
 from odeserve.registry import get_registry
 
@@ -239,6 +241,7 @@ def to_aoti(
     progress: bool = True,
     fast_tanh: bool = True,
     threads: int | None = None,
+    prefix_steps: int | str | None = "auto",
 ) -> ArtifactExport:
     """Compile the exported program of :func:`to_exported_program` with AOTInductor into a
     ``.pt2`` package (``torch._inductor.aoti_compile_and_package``): generated C++ and a
@@ -259,6 +262,17 @@ def to_aoti(
     :func:`odeserve.export.compile.check_threads`), otherwise Inductor's default (this
     process's ``torch.get_num_threads()``, the team size left to the serving process when
     that is the machine's core count).
+
+    ``prefix_steps``: a one-row adaptive package (``dynamic_batch=False`` at batch 1) also
+    holds a second model, ``"prefix"``: the start and that many step attempts as straight-line
+    code, with no loop, so AOTInductor keeps every buffer on the stack (a loop allocates each
+    one on the heap every iteration: the prefix ran the batch-1 dopri5 benchmark ≈ 5× faster,
+    README "Latency against diffrax").  :func:`load_aoti` runs it first and, if the sample is
+    not done after that many attempts (status ``RUNNING``), runs the full model (``"model"``,
+    the whole loop) instead, so every input gets the loop's answer.  ``"auto"``: the attempts
+    the example (and ``calibration``) needed, plus a quarter and at least 2, at most 32;
+    ``0``/``None``: no prefix model.  An explicit count needs an adaptive solver and a
+    one-row package.  Recorded as ``prefix_steps``; each attempt adds to the compile time.
     """
     check_threads(threads)
     return _export("aoti", model_or_f, example_y0, path, dict(
@@ -266,6 +280,7 @@ def to_aoti(
         dynamic_batch=dynamic_batch, dynamic_times=dynamic_times, batch=batch, dtype=dtype, max_steps=max_steps,
         controller=controller, parity_tol=parity_tol, parity_batches=parity_batches, calibration=calibration,
         steps_cap=steps_cap, seed=seed, progress=progress, fast_tanh=fast_tanh, threads=threads,
+        prefix_steps=prefix_steps,
     ))
 
 
@@ -278,7 +293,7 @@ class AotiModel:
     tcmalloc or jemalloc preloaded (``LD_PRELOAD``), 1.6–2× faster at batch 1 than glibc's
     allocator here (README, "Latency against diffrax")."""
 
-    def __init__(self, path: str | Path, *, run_single_threaded: bool = False) -> None:
+    def __init__(self, path: str | Path, *, run_single_threaded: bool = False, prefix: bool = True) -> None:
         self.path = Path(path)
         self.metadata = read_artifact_metadata(self.path)
         if self.metadata.get("format") != FORMATS["aoti"]:
@@ -295,6 +310,17 @@ class AotiModel:
             self._model = torch._inductor.aoti_load_package(str(self.path), run_single_threaded=run_single_threaded)
         self._tails = self.state_shapes + [None] * self.n_times
         self._run = _flat_runner(self._model)
+        # A one-row adaptive package's straight-line start (to_aoti's prefix_steps): used when
+        # the sample is done within its attempts, else the full model answers.
+        self.prefix_steps = int(self.metadata.get("prefix_steps", "0"))
+        self._prefix: Callable[[list[Tensor]], list[Tensor]] | None = None
+        if self.prefix_steps and prefix:
+            from torch._inductor.package import load_package
+
+            with _quiet():
+                pre = load_package(str(self.path), "prefix", run_single_threaded=run_single_threaded)
+            self._prefix = _flat_runner(pre) or (lambda xs: list(pre(*xs)))
+        self._status = len(self.state_shapes)  # outputs: the states, then the status
 
     def __call__(self, *inputs: Tensor) -> tuple[Tensor, ...]:
         if len(inputs) != len(self._tails):
@@ -311,6 +337,10 @@ class AotiModel:
         if rows < self.batch_min or (self.batch is not None and rows != self.batch):
             allowed = f"exactly {self.batch}" if self.batch is not None else f"at least {self.batch_min}"
             raise ShapeMismatchError(f"{self.path.name} takes a batch of {allowed}, got {rows}")
+        if self._prefix is not None:
+            out = self._prefix(list(inputs))
+            if int(out[self._status]) != RUNNING:  # one row: one status
+                return tuple(out)
         if self._run is not None:
             return tuple(self._run(list(inputs)))
         return tuple(self._model(*inputs))
@@ -400,7 +430,14 @@ def _export(fmt: str, model_or_f: Any, example_y0: Any, path: str | Path, o: dic
         dynamic = bool(o["dynamic_batch"])
 
         t_build = time.perf_counter()
-        artifact, info = backend.build(plan, prepared, dynamic, o["progress"])
+        if "prefix_steps" in o:
+            one_row = not dynamic and _comps(example)[0].shape[0] == 1
+            attempts = _prefix_attempts(o["prefix_steps"], f, calibration_inputs(example, o["calibration"]), times,
+                                        options, adaptive=adaptive, one_row=one_row)
+            artifact, info = backend.build(plan, prepared, dynamic, o["progress"], prefix_attempts=attempts)
+            info["prefix_steps"] = attempts
+        else:
+            artifact, info = backend.build(plan, prepared, dynamic, o["progress"])
         meta = _metadata(fmt, plan, prepared, names, auto, info, dynamic=dynamic, controller=o["controller"],
                          max_steps=o["max_steps"])
         if "fast_tanh" in o:
@@ -440,6 +477,33 @@ def _export(fmt: str, model_or_f: Any, example_y0: Any, path: str | Path, o: dic
         )
     steps_out = None if adaptive else int(meta["steps"])
     return ArtifactExport(path, fmt, meta, errors, meta["export_seconds"], path.stat().st_size, steps_out, auto)
+
+
+PREFIX_STEPS_CAP = 32  # straight-line attempts add compile time (≈ 15-25 s each for a small MLP here)
+
+
+def _prefix_attempts(setting: int | str | None, f: Any, inputs: Any, times: Tensor, options: dict[str, Any], *,
+                     adaptive: bool, one_row: bool) -> int:
+    """The step attempts an AOTInductor package's ``prefix`` model unrolls (0: none); see
+    :func:`to_aoti`'s ``prefix_steps``."""
+    if setting is None or (isinstance(setting, int) and not isinstance(setting, bool) and setting == 0):
+        return 0
+    if setting == "auto":
+        if not (adaptive and one_row):
+            return 0
+        p = prepare(f, inputs, times, loop="python", **options)
+        _, res = p.run(p.spec.flatten(inputs))
+        most = int((res.accepted + res.rejected).max())
+        return min(PREFIX_STEPS_CAP, most + max(2, most // 4))
+    if isinstance(setting, bool) or not isinstance(setting, int) or setting < 0:
+        raise InvalidOptionError(f"prefix_steps must be 'auto', None or a step count >= 0, got {setting!r}")
+    if not adaptive:
+        raise InvalidOptionError("prefix_steps is for adaptive solvers (a fixed-step solve has no attempts to "
+                                 "unroll); pass prefix_steps=None")
+    if not one_row:
+        raise InvalidOptionError("prefix_steps needs a one-row package (dynamic_batch=False with a batch of 1): "
+                                 "the prefix keeps its buffers on the stack; pass prefix_steps=None")
+    return setting
 
 
 def _solve_graph(plan: _Plan, prepared: PreparedSolve, dynamic: bool) -> tuple[SolveGraph, tuple[Tensor, ...]]:
@@ -498,7 +562,7 @@ def _parity(backend: "_Backend", work: Path, f: Any, options: dict[str, Any], wa
             checks: list[tuple[str, Any, Tensor]], names: _Names, final: bool, times: Tensor) -> dict[str, float]:
     """Load the written file as a user would and compare it with the eager solve on every check."""
     try:
-        model = backend.load(work)
+        variants = backend.load_variants(work)
     except OdeserveError:
         raise
     except Exception as e:  # noqa: BLE001 - any loader failure means the file is unusable
@@ -512,16 +576,17 @@ def _parity(backend: "_Backend", work: Path, f: Any, options: dict[str, Any], wa
             t_in = (ts[0].clone(), ts[-1].clone())
         elif names.times == ["t"]:
             t_in = (ts.clone(),)
-        try:
-            with torch.no_grad():
-                got = model(*_comps(y), *t_in)
-        except Exception as e:  # noqa: BLE001
-            raise ParityError(f"the {backend.label} file failed on the {label} input: {type(e).__name__}: {e}; "
-                              "no file was written", {label: math.inf}, 0.0) from None
-        err = max(parity_error(got[i], want[i][-1] if final else want[i]) for i in range(n))
-        if not torch.equal(got[n].reshape(-1), want_status):
-            err = math.inf
-        errors[label] = err
+        for how, model in variants:
+            try:
+                with torch.no_grad():
+                    got = model(*_comps(y), *t_in)
+            except Exception as e:  # noqa: BLE001
+                raise ParityError(f"the {backend.label} file{how} failed on the {label} input: "
+                                  f"{type(e).__name__}: {e}; no file was written", {label + how: math.inf}, 0.0) from None
+            err = max(parity_error(got[i], want[i][-1] if final else want[i]) for i in range(n))
+            if not torch.equal(got[n].reshape(-1), want_status):
+                err = math.inf
+            errors[label + how] = err
     return errors
 
 
@@ -531,6 +596,10 @@ def _parity(backend: "_Backend", work: Path, f: Any, options: dict[str, Any], wa
 class _Backend:
     label: str
     suffix: str
+
+    def load_variants(self, path: Path) -> list[tuple[str, Callable[..., Any]]]:
+        """Every way a user may run the written file (the parity gate checks each)."""
+        return [("", self.load(path))]
 
     def build(self, plan: _Plan, prepared: PreparedSolve, dynamic: bool, progress: bool) -> tuple[Any, dict[str, Any]]:
         """The in-memory artifact and what it adds to the metadata."""
@@ -602,12 +671,46 @@ class _ExportedProgram(_Backend):
             return torch.export.load(str(path)).module()
 
 
+@contextlib.contextmanager
+def _stack_allocating_wrapper() -> Iterator[None]:
+    """Inductor chooses its CPU C++ wrapper class once per process, at its first compile
+    (``init_backend_registration`` is cached): the class that can keep buffers on the stack
+    only if ``allow_stack_allocation`` was on then.  So after any earlier compile in the
+    process (``compile_solve``, another package) the prefix would silently keep its heap
+    allocations (torch 2.13).  Register that class for the CPU while the prefix compiles
+    (Inductor's ``register_backend_for_device`` table), and put the previous entry back."""
+    from torch._inductor.codegen import common
+    from torch._inductor.codegen.cpp_wrapper_cpu_array_ref import CppWrapperCpuArrayRef
+
+    common.init_backend_registration()
+    before = common.device_codegens["cpu"]
+    common.device_codegens["cpu"] = dataclasses.replace(before, cpp_wrapper_codegen=CppWrapperCpuArrayRef)
+    try:
+        yield
+    finally:
+        common.device_codegens["cpu"] = before
+
+
+@dataclass
+class _AotiPrograms:
+    """What an AOTInductor package is compiled from: the whole solve (``"model"``) and, for a
+    one-row adaptive package, the straight-line ``"prefix"`` (:func:`to_aoti`'s ``prefix_steps``)."""
+
+    model: Any
+    prefix: Any | None
+
+
 class _Aoti(_ExportedProgram):
     label = "AOTInductor"
 
-    def build(self, plan: _Plan, prepared: PreparedSolve, dynamic: bool, progress: bool) -> tuple[Any, dict[str, Any]]:
+    def build(self, plan: _Plan, prepared: PreparedSolve, dynamic: bool, progress: bool,
+              prefix_attempts: int = 0) -> tuple[Any, dict[str, Any]]:
         program, info = super().build(plan, prepared, dynamic, progress)
-        return program, {**info, "exporter": "torch.export + AOTInductor"}
+        prefix = None
+        if prefix_attempts:
+            unrolled = dataclasses.replace(prepared, unrolled_attempts=prefix_attempts)
+            prefix, _ = super().build(plan, unrolled, dynamic, progress)
+        return _AotiPrograms(program, prefix), {**info, "exporter": "torch.export + AOTInductor"}
 
     def save(self, artifact: Any, meta: dict[str, Any], work: Path, progress: bool) -> None:
         # The settings go into the compiled package (C++ reads them with get_metadata()).
@@ -623,10 +726,26 @@ class _Aoti(_ExportedProgram):
             # 0-d constant as a literal, which its while_loop cannot take as a carried input
             # ("LoweringException: NotImplementedError: Constant", torch 2.13).
             configs["always_keep_tensor_constants"] = True
+        # The prefix has no loop, so its buffers can live on the stack (AOTInductor's
+        # allow_stack_allocation: one heap allocation per buffer and call fewer; it does not
+        # compile with a while loop in torch 2.13, "no match for operator= ... ArrayRefTensor").
+        models = {"model": (artifact.model, configs)}
+        if artifact.prefix is not None:
+            models["prefix"] = (artifact.prefix, {**configs, "aot_inductor.allow_stack_allocation": True})
         with _progress("compiling with AOTInductor (a minute or more)", progress), _quiet(), _translated("AOTInductor"):
-            if meta.get("fast_tanh"):
-                artifact = artifact.run_decompositions(fast_tanh_decompositions())
-            torch._inductor.aoti_compile_and_package(artifact, package_path=str(work), inductor_configs=configs)
+            files = {}
+            for name, (program, options) in models.items():
+                if meta.get("fast_tanh"):
+                    program = program.run_decompositions(fast_tanh_decompositions())
+                # What aoti_compile_and_package does for one program; package_aoti takes several.
+                args, kwargs = program.example_inputs
+                stack = _stack_allocating_wrapper() if name == "prefix" else contextlib.nullcontext()
+                with stack:
+                    files[name] = torch._inductor.aot_compile(program.module(check_guards=False), args, kwargs,
+                                                              options={**options, "aot_inductor.package": True})
+            from torch._inductor.package import package_aoti
+
+            package_aoti(str(work), files)
 
     def finish(self, artifact: Any, meta: dict[str, Any], work: Path) -> None:
         # Recompiling for the parity results would cost minutes: they go into the archive
@@ -637,6 +756,12 @@ class _Aoti(_ExportedProgram):
 
     def load(self, path: Path) -> Callable[..., Any]:
         return AotiModel(path)
+
+    def load_variants(self, path: Path) -> list[tuple[str, Callable[..., Any]]]:
+        model = AotiModel(path)
+        if model.prefix_steps == 0:
+            return [("", model)]
+        return [("", model), (" (model without prefix)", AotiModel(path, prefix=False))]
 
 
 _BACKENDS: dict[str, _Backend] = {"torchscript": _TorchScript(), "pt2": _ExportedProgram(), "aoti": _Aoti()}

@@ -9,7 +9,16 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor
 
-from ._loop import FixedGrid, LoopResult, Problem, adaptive_eager, adaptive_while, fixed_eager, fixed_while
+from ._loop import (
+    FixedGrid,
+    LoopResult,
+    Problem,
+    adaptive_eager,
+    adaptive_unrolled,
+    adaptive_while,
+    fixed_eager,
+    fixed_while,
+)
 from ._state import StateSpec
 from .errors import (
     InvalidOptionError,
@@ -47,6 +56,9 @@ class PreparedSolve:
     options: dict[str, Any]
     y0_flat: Tensor | None = None
     f0_flat: Tensor | None = None  # f(t0, y0) from validation, reused by run(y0_flat)
+    # Adaptive ``loop="while"`` only: this many masked attempts as straight-line code instead
+    # of the loop (AOTInductor's prefix model); rows not done by then stay RUNNING.
+    unrolled_attempts: int | None = None
 
     @property
     def adaptive(self) -> bool:
@@ -68,7 +80,8 @@ class PreparedSolve:
             res = LoopResult(P.t1.expand_as(status), ys_int, y1, status, steps, torch.zeros_like(steps),
                              self.grid.steps * P.solver.evals_per_step, steps * P.solver.evals_per_step)
         elif self.loop == "while":
-            res = adaptive_while(P, y0)
+            res = adaptive_while(P, y0) if self.unrolled_attempts is None else \
+                adaptive_unrolled(P, y0, self.unrolled_attempts)
         else:
             f0 = self.f0_flat if (y0 is self.y0_flat and problem is None) else None
             res = adaptive_eager(P, y0, compact=self.compact, f0=f0)

@@ -346,6 +346,19 @@ def adaptive_while(P: Problem, y0: Tensor) -> LoopResult:
                       init_evals + eps * (st.accepted + st.rejected), st.dt)
 
 
+def adaptive_unrolled(P: Problem, y0: Tensor, attempts: int) -> LoopResult:
+    """The start and ``attempts`` masked steps as straight-line code, no loop: what an
+    AOTInductor package's ``prefix`` model runs (its buffers can then live on the stack).
+    Rows that need more attempts come back ``RUNNING``; the caller finishes them with the
+    loop (:func:`adaptive_while`), so this never returns a wrong answer for them."""
+    st, init_evals = adaptive_init(P, y0)
+    for _ in range(attempts):
+        st = adaptive_step(P, st)
+    eps = P.solver.evals_per_step + (P.solver.interpolation_evals if P.t_interior.shape[0] > 0 else 0)
+    return LoopResult(st.t, st.ys, st.y, st.status, st.accepted, st.rejected, init_evals + eps * attempts,
+                      init_evals + eps * (st.accepted + st.rejected), st.dt)
+
+
 # --------------------------------------------------------------------------- fixed step
 
 

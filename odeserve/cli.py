@@ -125,6 +125,10 @@ def _add_export_commands(sub) -> None:  # type: ignore[no-untyped-def]
     p.add_argument("--threads", type=int,
                    help="aoti only: the thread count the package's kernels are written for (default: 1 for a "
                         "--static-batch package of one row, else this process's torch thread count)")
+    p.add_argument("--prefix-steps",
+                   help="aoti only: step attempts of the straight-line 'prefix' model that a --static-batch "
+                        "one-row adaptive package runs before its loop (default auto: the example's attempts "
+                        "plus a margin; 0: none)")
     p.add_argument("--parity-tol", type=float)
     p.add_argument("--parity-batches", default="1,7,256", help="batch sizes of the parity check (default 1,7,256)")
     p.set_defaults(func=_deferred("cmd_export"))

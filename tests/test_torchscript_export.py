@@ -24,7 +24,7 @@ import pytest
 import torch
 from torch import nn
 
-from odeserve import get_registry, solve
+from odeserve import Status, get_registry, solve
 from odeserve.errors import DtypeMismatchError, InvalidOptionError, ShapeMismatchError
 from odeserve.export import (
     ArtifactExport,
@@ -363,6 +363,12 @@ def test_cli_export_torchscript_and_inspect(tmp_path: Path, capsys: pytest.Captu
     assert main(["export", "test_torchscript_export:make_model", "--format", "pt2", "--state-shape", "2",
                  "--steps", "2", "--threads", "1", "-o", str(tmp_path / "m.pt2")]) == 2
     assert "--threads applies to --format aoti only" in capsys.readouterr().err
+    assert main(["export", "test_torchscript_export:make_model", "--format", "onnx", "--state-shape", "2",
+                 "--steps", "2", "--prefix-steps", "3", "-o", str(tmp_path / "m.onnx")]) == 2
+    assert "--prefix-steps applies to --format aoti only" in capsys.readouterr().err
+    assert main(["export", "test_torchscript_export:make_model", "--format", "aoti", "--state-shape", "2",
+                 "--steps", "2", "--prefix-steps", "many", "-o", str(tmp_path / "m.pt2")]) == 2
+    assert "--prefix-steps must be 'auto' or a step count" in capsys.readouterr().err
     assert not math.isnan(float(read_artifact_metadata(out)["parity_error"]))
 
 
@@ -402,6 +408,60 @@ def test_libtorch_example_file(tmp_path: Path) -> None:
 def _kernel_source(package: Path) -> str:
     with zipfile.ZipFile(package) as z:
         return "\n".join(z.read(n).decode() for n in z.namelist() if n.endswith(".cpp"))
+
+
+def _cubic_decay(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Stiffer the larger ``y``: the step attempts an adaptive solve needs grow with it."""
+    return -5.0 * y * (y * y).sum(1, keepdim=True)
+
+
+@pytest.mark.slow
+def test_aoti_one_row_adaptive_package_starts_with_a_stack_allocated_prefix(tmp_path: Path) -> None:
+    """A one-row adaptive package holds a straight-line ``prefix`` model (the start and
+    ``prefix_steps`` attempts, buffers on the stack) next to the looping ``model``.
+    load_aoti answers from the prefix when the sample is done within it and from the whole
+    loop when not; both reproduce the eager solve.  An Inductor compile earlier in the
+    process must not cost the prefix its stack allocation (Inductor picks its wrapper class
+    once per process)."""
+    torch.compile(lambda x: x + 1, backend="inductor")(torch.ones(3))  # Inductor's first compile
+    settings = dict(solver="dopri5", rtol=1e-3, atol=1e-5)
+    path = tmp_path / "b1.pt2"
+    example = torch.full((1, 2), 0.05)
+    # "auto": the example's 2 attempts and a margin of 2 (each attempt adds compile time, so
+    # the package here gets the bare 2)
+    assert libtorch._prefix_attempts("auto", _cubic_decay, example, torch.tensor([0.0, 1.0]),
+                                     dict(settings, batch="per_sample"), adaptive=True, one_row=True) == 4
+    r = to_aoti(_cubic_decay, example, path, dynamic_batch=False, parity_batches=(), progress=False,
+                prefix_steps=2, **settings)
+    assert r.metadata["prefix_steps"] == 2
+    assert set(r.parity) == {"example", "example (model without prefix)"}
+    with zipfile.ZipFile(path) as z:
+        prefix_src = "".join(z.read(n).decode() for n in z.namelist() if "/prefix/" in n and n.endswith(".cpp"))
+        model_src = "".join(z.read(n).decode() for n in z.namelist() if "/model/" in n and n.endswith(".cpp"))
+    assert "ArrayRefTensor" in prefix_src and "aoti_torch_empty_strided" not in prefix_src.split("run_impl")[-1]
+    assert "while_loop" in model_src and "ArrayRefTensor" not in model_src
+    model, whole = load_aoti(path), libtorch.AotiModel(path, prefix=False)
+    assert model._prefix is not None and whole._prefix is None
+    for scale, attempts in ((0.05, 2), (0.3, 3), (1.0, 8)):  # the last two need the loop
+        y = torch.full((1, 2), scale)
+        want = solve(_cubic_decay, y, [0.0, 1.0], batch="per_sample", **settings)
+        assert int(want.stats["accepted"] + want.stats["rejected"]) == attempts
+        assert int(model._prefix([y])[1]) == (0 if attempts <= 2 else int(Status.RUNNING))
+        for m in (model, whole):
+            out = m(y)
+            assert (out[0] - want.ys[-1]).abs().max().item() < 1e-5 and torch.equal(out[1], want.status)
+            assert int(out[2]) == attempts
+
+
+def test_prefix_steps_is_refused_where_it_cannot_apply(tmp_path: Path) -> None:
+    with pytest.raises(InvalidOptionError, match="for adaptive solvers"):
+        to_aoti(F, _y(1, 0), tmp_path / "m.pt2", solver="rk4", steps=2, dynamic_batch=False, prefix_steps=3)
+    with pytest.raises(InvalidOptionError, match="one-row package"):
+        to_aoti(F, _y(2, 0), tmp_path / "m.pt2", solver="dopri5", prefix_steps=3, **_settings("dopri5"))
+    with pytest.raises(InvalidOptionError, match="prefix_steps must be"):
+        to_aoti(F, _y(1, 0), tmp_path / "m.pt2", solver="dopri5", dynamic_batch=False, prefix_steps="some",
+                **_settings("dopri5"))
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.slow

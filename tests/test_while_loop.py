@@ -45,3 +45,28 @@ def test_const_is_a_literal_while_tracing_and_a_tensor_otherwise():
     with pytest.raises(RuntimeError), Const.as_tensors():
         raise RuntimeError
     assert Const.literals  # restored on the way out of an error too
+
+
+@pytest.mark.parametrize("batch", ["per_sample", "joint"])
+def test_unrolled_attempts_match_the_while_loop_or_report_running(batch):
+    """AOTInductor's prefix model runs ``unrolled_attempts`` masked steps with no loop: with
+    enough attempts it is the loop's answer to the last bit (rows that finish early stay
+    frozen); with too few, unfinished rows come back RUNNING short of t1, never as a result."""
+    from dataclasses import replace
+
+    from odeserve._api import prepare
+
+    torch.manual_seed(1)
+    f = nn.Sequential(nn.Linear(2, 16), nn.Tanh(), nn.Linear(16, 2)).double()
+    y0 = torch.randn(3, 2, dtype=torch.float64) * torch.tensor([[0.1], [1.0], [3.0]], dtype=torch.float64)
+    t = torch.tensor([0.0, 0.4, 1.0], dtype=torch.float64)
+    p = prepare(lambda t, y: f(y), y0, t, solver="dopri5", rtol=1e-6, atol=1e-8, loop="while", batch=batch)
+    with torch.no_grad():
+        ys, res = p.run(p.spec.flatten(y0))
+        attempts = int((res.accepted + res.rejected).max())
+        assert attempts >= 3 and bool((res.status == 0).all())
+        ys_u, res_u = replace(p, unrolled_attempts=attempts + 2).run(p.spec.flatten(y0))
+        assert torch.equal(ys_u, ys) and torch.equal(res_u.status, res.status)
+        assert torch.equal(res_u.accepted, res.accepted) and torch.equal(res_u.rejected, res.rejected)
+        _, short = replace(p, unrolled_attempts=1).run(p.spec.flatten(y0))
+    assert bool((short.status == odeserve.Status.RUNNING).all()) and bool((short.t < 1.0).all())
