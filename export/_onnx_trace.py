@@ -34,6 +34,7 @@ from ._artifact import METADATA_PREFIX, DataDependentControlFlowError, ExportErr
 
 __all__ = [
     "SolveGraph",
+    "ChunkGraph",
     "traceable_rhs",
     "grid_plan",
     "translated_errors",
@@ -100,6 +101,41 @@ class SolveGraph(nn.Module):
         if p.adaptive:
             outs.append(per_row(res.accepted + res.rejected))
         return tuple(outs)
+
+
+class ChunkGraph(nn.Module):
+    """``forward(*states, i)`` → ``(*states after `count` steps, i + count, status)``: the
+    prepared fixed-step solve ``count`` steps at a time, from step ``i``, as straight-line
+    code (an AOTInductor package's ``chunk`` model; :func:`odeserve._loop.fixed_unrolled`).
+    Only for solves whose loop state is the state itself (no augmented solver state), with
+    the final state as the only output and the times fixed."""
+
+    def __init__(self, f: Any, prepared: PreparedSolve, count: int) -> None:
+        super().__init__()
+        if isinstance(f, nn.Module):
+            self.f = f
+        self.__dict__["fn"] = f
+        self.__dict__["prepared"] = prepared
+        self.n_states = len(prepared.spec.shapes)
+        self.count = count
+
+    def forward(self, *inputs: Tensor) -> tuple[Tensor, ...]:
+        from odeserve._api import _finite_status
+        from odeserve._loop import fixed_unrolled
+
+        p = self.prepared
+        assert p.grid is not None
+        states, i = inputs[: self.n_states], inputs[self.n_states]
+        spec = p.spec
+        rows = states[0].shape[0]
+        y = spec.flatten(states if spec.is_tuple else states[0], rows)
+        P = dataclasses.replace(p.problem, rhs=traceable_rhs(self.fn, spec, y.new_ones(rows)))
+        y = fixed_unrolled(P, p.grid, y, i.reshape(()), self.count)
+        out = spec.unflatten(y)
+        outs = list(out) if spec.is_tuple else [out]
+        status = _finite_status(P, y.unsqueeze(0))
+        per_row = (lambda x: x.reshape(-1)) if spec.per_sample else (lambda x: x.reshape(-1).expand(rows))
+        return (*outs, i + self.count, per_row(status))
 
 
 # --------------------------------------------------------------------------- errors

@@ -52,6 +52,7 @@ from odeserve._api import PreparedSolve, prepare
 from odeserve._loop import RUNNING
 from odeserve.errors import DtypeMismatchError, InvalidOptionError, OdeserveError, ShapeMismatchError
 from odeserve.registry import get_registry
+from odeserve.solver import Solver
 
 from ._artifact import (
     DataDependentControlFlowError,
@@ -68,6 +69,7 @@ from ._artifact import (
 )
 from ._onnx_trace import (
     _DATA_DEPENDENT,
+    ChunkGraph,
     SolveGraph,
     _chain,
     _quiet_logs,
@@ -242,6 +244,7 @@ def to_aoti(
     fast_tanh: bool = True,
     threads: int | None = None,
     prefix_steps: int | str | None = "auto",
+    chunk_steps: int | str | None = "auto",
 ) -> ArtifactExport:
     """Compile the exported program of :func:`to_exported_program` with AOTInductor into a
     ``.pt2`` package (``torch._inductor.aoti_compile_and_package``): generated C++ and a
@@ -273,6 +276,14 @@ def to_aoti(
     the example (and ``calibration``) needed, plus a quarter and at least 2, at most 32;
     ``0``/``None``: no prefix model.  An explicit count needs an adaptive solver and a
     one-row package.  Recorded as ``prefix_steps``; each attempt adds to the compile time.
+
+    ``chunk_steps``: the same for a one-row fixed-step package whose output is the final
+    state at fixed times: a ``"chunk"`` model runs that many steps from a step index as
+    straight-line code (``forward(*states, i) -> (*states, i + k, status)``, stack-allocated),
+    and :func:`load_aoti` calls it ``ceil(steps / k)`` times instead of running the loop
+    (steps past the end leave the state unchanged).  ``"auto"``: ``min(4, steps)`` (a chunk's
+    buffers must fit AOTInductor's 100 KB stack budget); ``0``/``None``: none.  Recorded as
+    ``chunk_steps`` and ``chunk_calls``.
     """
     check_threads(threads)
     return _export("aoti", model_or_f, example_y0, path, dict(
@@ -280,7 +291,7 @@ def to_aoti(
         dynamic_batch=dynamic_batch, dynamic_times=dynamic_times, batch=batch, dtype=dtype, max_steps=max_steps,
         controller=controller, parity_tol=parity_tol, parity_batches=parity_batches, calibration=calibration,
         steps_cap=steps_cap, seed=seed, progress=progress, fast_tanh=fast_tanh, threads=threads,
-        prefix_steps=prefix_steps,
+        prefix_steps=prefix_steps, chunk_steps=chunk_steps,
     ))
 
 
@@ -289,11 +300,15 @@ class AotiModel:
     returns the tuple of outputs.  Inputs are checked against the metadata first (count,
     dtype, per-sample shape, batch size), since the compiled code trusts its inputs.
 
+    A one-row package may also hold straight-line models (:func:`to_aoti`'s ``prefix_steps``
+    and ``chunk_steps``), which the call runs instead of the loop where they apply;
+    ``loop_only=True`` runs the looping model alone.
+
     The package's loop allocates its buffers every iteration: at small batches serve it with
     tcmalloc or jemalloc preloaded (``LD_PRELOAD``), 1.6–2× faster at batch 1 than glibc's
     allocator here (README, "Latency against diffrax")."""
 
-    def __init__(self, path: str | Path, *, run_single_threaded: bool = False, prefix: bool = True) -> None:
+    def __init__(self, path: str | Path, *, run_single_threaded: bool = False, loop_only: bool = False) -> None:
         self.path = Path(path)
         self.metadata = read_artifact_metadata(self.path)
         if self.metadata.get("format") != FORMATS["aoti"]:
@@ -312,14 +327,13 @@ class AotiModel:
         self._run = _flat_runner(self._model)
         # A one-row adaptive package's straight-line start (to_aoti's prefix_steps): used when
         # the sample is done within its attempts, else the full model answers.
+        # A one-row fixed-step package's straight-line chunk of steps (to_aoti's chunk_steps):
+        # called chunk_calls times instead of the loop.
         self.prefix_steps = int(self.metadata.get("prefix_steps", "0"))
-        self._prefix: Callable[[list[Tensor]], list[Tensor]] | None = None
-        if self.prefix_steps and prefix:
-            from torch._inductor.package import load_package
-
-            with _quiet():
-                pre = load_package(str(self.path), "prefix", run_single_threaded=run_single_threaded)
-            self._prefix = _flat_runner(pre) or (lambda xs: list(pre(*xs)))
+        self.chunk_steps = int(self.metadata.get("chunk_steps", "0"))
+        self.chunk_calls = int(self.metadata.get("chunk_calls", "0"))
+        self._prefix = _loaded(self.path, "prefix", run_single_threaded) if self.prefix_steps and not loop_only else None
+        self._chunk = _loaded(self.path, "chunk", run_single_threaded) if self.chunk_steps and not loop_only else None
         self._status = len(self.state_shapes)  # outputs: the states, then the status
 
     def __call__(self, *inputs: Tensor) -> tuple[Tensor, ...]:
@@ -341,9 +355,25 @@ class AotiModel:
             out = self._prefix(list(inputs))
             if int(out[self._status]) != RUNNING:  # one row: one status
                 return tuple(out)
+        if self._chunk is not None:
+            n = self._status
+            carry, step = list(inputs), torch.zeros((), dtype=torch.int64)
+            for _ in range(self.chunk_calls):
+                out = self._chunk([*carry, step])
+                carry, step = out[:n], out[n]
+            return (*carry, out[n + 1])
         if self._run is not None:
             return tuple(self._run(list(inputs)))
         return tuple(self._model(*inputs))
+
+
+def _loaded(path: Path, name: str, run_single_threaded: bool) -> Callable[[list[Tensor]], list[Tensor]]:
+    """Another model of a package (``prefix``, ``chunk``), called with a list of tensors."""
+    from torch._inductor.package import load_package
+
+    with _quiet():
+        model = load_package(str(path), name, run_single_threaded=run_single_threaded)
+    return _flat_runner(model) or (lambda xs: list(model(*xs)))
 
 
 def _flat_runner(model: Any) -> Callable[[list[Tensor]], list[Tensor]] | None:
@@ -434,8 +464,12 @@ def _export(fmt: str, model_or_f: Any, example_y0: Any, path: str | Path, o: dic
             one_row = not dynamic and _comps(example)[0].shape[0] == 1
             attempts = _prefix_attempts(o["prefix_steps"], f, calibration_inputs(example, o["calibration"]), times,
                                         options, adaptive=adaptive, one_row=one_row)
-            artifact, info = backend.build(plan, prepared, dynamic, o["progress"], prefix_attempts=attempts)
+            chunk = _chunk_steps(o["chunk_steps"], plan, prepared, one_row=one_row)
+            artifact, info = backend.build(plan, prepared, dynamic, o["progress"], prefix_attempts=attempts,
+                                           chunk_steps=chunk)
             info["prefix_steps"] = attempts
+            info["chunk_steps"] = chunk
+            info["chunk_calls"] = -(-prepared.grid.steps // chunk) if chunk else 0
         else:
             artifact, info = backend.build(plan, prepared, dynamic, o["progress"])
         meta = _metadata(fmt, plan, prepared, names, auto, info, dynamic=dynamic, controller=o["controller"],
@@ -503,6 +537,26 @@ def _prefix_attempts(setting: int | str | None, f: Any, inputs: Any, times: Tens
     if not one_row:
         raise InvalidOptionError("prefix_steps needs a one-row package (dynamic_batch=False with a batch of 1): "
                                  "the prefix keeps its buffers on the stack; pass prefix_steps=None")
+    return setting
+
+
+def _chunk_steps(setting: int | str | None, plan: _Plan, prepared: PreparedSolve, *, one_row: bool) -> int:
+    """The steps per call of an AOTInductor package's ``chunk`` model (0: none); see
+    :func:`to_aoti`'s ``chunk_steps``."""
+    if setting is None or (isinstance(setting, int) and not isinstance(setting, bool) and setting == 0):
+        return 0
+    grid = prepared.grid
+    fits = grid is not None and one_row and plan.final and plan.time_inputs is None and \
+        type(prepared.problem.solver).augment is Solver.augment
+    if setting == "auto":
+        return min(4, grid.steps) if fits and grid is not None else 0
+    if isinstance(setting, bool) or not isinstance(setting, int) or setting < 0:
+        raise InvalidOptionError(f"chunk_steps must be 'auto', None or a step count >= 0, got {setting!r}")
+    if not fits:
+        raise InvalidOptionError(
+            "chunk_steps needs a fixed-step solver whose loop state is the state, a one-row package "
+            "(dynamic_batch=False with a batch of 1), the final state as the only output and fixed times; "
+            "pass chunk_steps=None")
     return setting
 
 
@@ -697,20 +751,31 @@ class _AotiPrograms:
     one-row adaptive package, the straight-line ``"prefix"`` (:func:`to_aoti`'s ``prefix_steps``)."""
 
     model: Any
-    prefix: Any | None
+    prefix: Any | None = None
+    chunk: Any | None = None
+
+    def straight_line(self) -> dict[str, Any]:
+        """The loop-free models, which AOTInductor may give stack buffers."""
+        return {k: v for k, v in (("prefix", self.prefix), ("chunk", self.chunk)) if v is not None}
 
 
 class _Aoti(_ExportedProgram):
     label = "AOTInductor"
 
     def build(self, plan: _Plan, prepared: PreparedSolve, dynamic: bool, progress: bool,
-              prefix_attempts: int = 0) -> tuple[Any, dict[str, Any]]:
+              prefix_attempts: int = 0, chunk_steps: int = 0) -> tuple[Any, dict[str, Any]]:
         program, info = super().build(plan, prepared, dynamic, progress)
-        prefix = None
+        out = _AotiPrograms(program)
         if prefix_attempts:
             unrolled = dataclasses.replace(prepared, unrolled_attempts=prefix_attempts)
-            prefix, _ = super().build(plan, unrolled, dynamic, progress)
-        return _AotiPrograms(program, prefix), {**info, "exporter": "torch.export + AOTInductor"}
+            out.prefix, _ = super().build(plan, unrolled, dynamic, progress)
+        if chunk_steps:
+            comps = _comps(plan.example)
+            start = torch.zeros((), dtype=torch.int64, device=comps[0].device)
+            with _quiet(), _translated("torch.export"):
+                out.chunk = torch.export.export(ChunkGraph(plan.f, prepared, chunk_steps), (*comps, start),
+                                                strict=False)
+        return out, {**info, "exporter": "torch.export + AOTInductor"}
 
     def save(self, artifact: Any, meta: dict[str, Any], work: Path, progress: bool) -> None:
         # The settings go into the compiled package (C++ reads them with get_metadata()).
@@ -730,8 +795,8 @@ class _Aoti(_ExportedProgram):
         # allow_stack_allocation: one heap allocation per buffer and call fewer; it does not
         # compile with a while loop in torch 2.13, "no match for operator= ... ArrayRefTensor").
         models = {"model": (artifact.model, configs)}
-        if artifact.prefix is not None:
-            models["prefix"] = (artifact.prefix, {**configs, "aot_inductor.allow_stack_allocation": True})
+        for name, program in artifact.straight_line().items():
+            models[name] = (program, {**configs, "aot_inductor.allow_stack_allocation": True})
         with _progress("compiling with AOTInductor (a minute or more)", progress), _quiet(), _translated("AOTInductor"):
             files = {}
             for name, (program, options) in models.items():
@@ -739,7 +804,7 @@ class _Aoti(_ExportedProgram):
                     program = program.run_decompositions(fast_tanh_decompositions())
                 # What aoti_compile_and_package does for one program; package_aoti takes several.
                 args, kwargs = program.example_inputs
-                stack = _stack_allocating_wrapper() if name == "prefix" else contextlib.nullcontext()
+                stack = _stack_allocating_wrapper() if name != "model" else contextlib.nullcontext()
                 with stack:
                     files[name] = torch._inductor.aot_compile(program.module(check_guards=False), args, kwargs,
                                                               options={**options, "aot_inductor.package": True})
@@ -759,9 +824,9 @@ class _Aoti(_ExportedProgram):
 
     def load_variants(self, path: Path) -> list[tuple[str, Callable[..., Any]]]:
         model = AotiModel(path)
-        if model.prefix_steps == 0:
+        if model.prefix_steps == 0 and model.chunk_steps == 0:
             return [("", model)]
-        return [("", model), (" (model without prefix)", AotiModel(path, prefix=False))]
+        return [("", model), (" (looping model alone)", AotiModel(path, loop_only=True))]
 
 
 _BACKENDS: dict[str, _Backend] = {"torchscript": _TorchScript(), "pt2": _ExportedProgram(), "aoti": _Aoti()}

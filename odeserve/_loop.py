@@ -394,6 +394,22 @@ def fixed_eager(P: Problem, grid: FixedGrid, y0: Tensor) -> tuple[Tensor, Tensor
     return ys, y
 
 
+def fixed_unrolled(P: Problem, grid: FixedGrid, y: Tensor, start: Tensor, count: int) -> Tensor:
+    """``count`` steps of the grid from step ``start`` (a 0-d int64 tensor) as straight-line
+    code, no loop: what an AOTInductor package's ``chunk`` model runs, ``ceil(N / count)``
+    times.  When ``count`` does not divide the step count, steps past the grid's end leave
+    ``y`` as it is."""
+    times, dts = grid.times, torch.diff(grid.times)
+    exact = grid.steps % count == 0
+    for r in range(count):
+        at = (start + r).reshape(1)
+        idx = at if exact else torch.clamp(at, max=grid.steps - 1)
+        nxt = P.solver.step(P.rhs, times.index_select(0, idx).reshape(()), y, dts.index_select(0, idx).reshape(()),
+                            None).y
+        y = nxt if exact else torch.where(at < grid.steps, nxt, y)
+    return y
+
+
 def fixed_while(P: Problem, grid: FixedGrid, y0: Tensor) -> tuple[Tensor, Tensor]:
     """Fixed steps as a ``torch.while_loop``: graph size independent of the step count.
     Outputs land in a buffer with one scratch slot for steps that end between outputs."""

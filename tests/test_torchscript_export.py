@@ -434,13 +434,13 @@ def test_aoti_one_row_adaptive_package_starts_with_a_stack_allocated_prefix(tmp_
     r = to_aoti(_cubic_decay, example, path, dynamic_batch=False, parity_batches=(), progress=False,
                 prefix_steps=2, **settings)
     assert r.metadata["prefix_steps"] == 2
-    assert set(r.parity) == {"example", "example (model without prefix)"}
+    assert set(r.parity) == {"example", "example (looping model alone)"}
     with zipfile.ZipFile(path) as z:
         prefix_src = "".join(z.read(n).decode() for n in z.namelist() if "/prefix/" in n and n.endswith(".cpp"))
         model_src = "".join(z.read(n).decode() for n in z.namelist() if "/model/" in n and n.endswith(".cpp"))
     assert "ArrayRefTensor" in prefix_src and "aoti_torch_empty_strided" not in prefix_src.split("run_impl")[-1]
     assert "while_loop" in model_src and "ArrayRefTensor" not in model_src
-    model, whole = load_aoti(path), libtorch.AotiModel(path, prefix=False)
+    model, whole = load_aoti(path), libtorch.AotiModel(path, loop_only=True)
     assert model._prefix is not None and whole._prefix is None
     for scale, attempts in ((0.05, 2), (0.3, 3), (1.0, 8)):  # the last two need the loop
         y = torch.full((1, 2), scale)
