@@ -88,7 +88,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     fmt = getattr(args, "format", "onnx")
     aoti_only = [flag for flag, v in (("--exact-tanh", getattr(args, "exact_tanh", False)),
                                       ("--threads", getattr(args, "threads", None) is not None),
-                                      ("--prefix-steps", getattr(args, "prefix_steps", None) is not None)) if v]
+                                      ("--prefix-steps", getattr(args, "prefix_steps", None) is not None),
+                                      ("--chunk-steps", getattr(args, "chunk_steps", None) is not None)) if v]
     if aoti_only and fmt != "aoti":
         raise InvalidOptionError(f"{' and '.join(aoti_only)} {'apply' if len(aoti_only) > 1 else 'applies'} to "
                                  "--format aoti only (the other formats keep torch.tanh, write no C++ kernels "
@@ -112,7 +113,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         else:
             result = to_aoti(model, example, args.output, dynamic_batch=not args.static_batch,
                              fast_tanh=not args.exact_tanh, threads=args.threads,
-                             prefix_steps=_prefix_steps(args.prefix_steps), **common)
+                             prefix_steps=_count("--prefix-steps", args.prefix_steps),
+                             chunk_steps=_count("--chunk-steps", args.chunk_steps), **common)
     print(f"wrote {result.path} ({result.size_bytes / 1024:.1f} KiB) in {result.export_seconds:.1f} s")
     if result.auto_steps is not None:
         print(f"steps='auto' chose {result.steps} steps (error {result.auto_steps.error:.3g}× the tolerance)")
@@ -247,8 +249,8 @@ def run_command(func: Callable[[argparse.Namespace], int], args: argparse.Namesp
         return 2
 
 
-def _prefix_steps(value: str | None) -> int | str:
-    """``--prefix-steps``: ``auto`` (also when absent) or a count."""
+def _count(flag: str, value: str | None) -> int | str:
+    """``--prefix-steps`` / ``--chunk-steps``: ``auto`` (also when absent) or a count."""
     from odeserve.errors import InvalidOptionError
 
     if value is None or value == "auto":
@@ -256,4 +258,4 @@ def _prefix_steps(value: str | None) -> int | str:
     try:
         return int(value)
     except ValueError:
-        raise InvalidOptionError(f"--prefix-steps must be 'auto' or a step count >= 0, got {value!r}") from None
+        raise InvalidOptionError(f"{flag} must be 'auto' or a step count >= 0, got {value!r}") from None

@@ -129,6 +129,9 @@ def _add_export_commands(sub) -> None:  # type: ignore[no-untyped-def]
                    help="aoti only: step attempts of the straight-line 'prefix' model that a --static-batch "
                         "one-row adaptive package runs before its loop (default auto: the example's attempts "
                         "plus a margin; 0: none)")
+    p.add_argument("--chunk-steps",
+                   help="aoti only: steps per call of the straight-line 'chunk' model that a --static-batch "
+                        "one-row fixed-step package runs instead of its loop (default auto: min(4, steps); 0: none)")
     p.add_argument("--parity-tol", type=float)
     p.add_argument("--parity-batches", default="1,7,256", help="batch sizes of the parity check (default 1,7,256)")
     p.set_defaults(func=_deferred("cmd_export"))

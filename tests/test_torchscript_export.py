@@ -453,6 +453,32 @@ def test_aoti_one_row_adaptive_package_starts_with_a_stack_allocated_prefix(tmp_
             assert int(out[2]) == attempts
 
 
+@pytest.mark.slow
+def test_aoti_one_row_fixed_step_package_runs_straight_line_chunks(tmp_path: Path) -> None:
+    """A one-row fixed-step package holds a ``chunk`` model (k steps from a step index,
+    straight-line, buffers on the stack) that load_aoti calls ceil(steps / k) times; steps
+    past the end (6 = 4 + 2) leave the state alone.  Same answer and status as the eager
+    solve and as the looping model, a non-finite state included."""
+    path = tmp_path / "b1.pt2"
+    y = _y(1, 5)
+    r = to_aoti(F, y, path, solver="rk4", steps=6, dynamic_batch=False, parity_batches=(), progress=False)
+    assert (r.metadata["chunk_steps"], r.metadata["chunk_calls"], r.metadata["prefix_steps"]) == (4, 2, 0)
+    assert set(r.parity) == {"example", "example (looping model alone)"}
+    with zipfile.ZipFile(path) as z:
+        chunk_src = "".join(z.read(n).decode() for n in z.namelist() if "/chunk/" in n and n.endswith(".cpp"))
+    assert "ArrayRefTensor" in chunk_src and "aoti_torch_empty_strided" not in chunk_src.split("run_impl")[-1]
+    model, whole = load_aoti(path), libtorch.AotiModel(path, loop_only=True)
+    assert model._chunk is not None and whole._chunk is None
+    for y in (_y(1, 6), _y(1, 7) * 3.0):
+        want = solve(F, y, [0.0, 1.0], solver="rk4", steps=6, batch="per_sample")
+        for m in (model, whole):
+            out = m(y)
+            assert len(out) == 2 and (out[0] - want.ys[-1]).abs().max().item() < 1e-5
+            assert torch.equal(out[1], want.status)
+    bad = torch.full((1, 2), float("nan"))
+    assert int(model(bad)[1]) == int(whole(bad)[1]) == int(Status.NONFINITE)
+
+
 def test_prefix_steps_is_refused_where_it_cannot_apply(tmp_path: Path) -> None:
     with pytest.raises(InvalidOptionError, match="for adaptive solvers"):
         to_aoti(F, _y(1, 0), tmp_path / "m.pt2", solver="rk4", steps=2, dynamic_batch=False, prefix_steps=3)
@@ -461,6 +487,16 @@ def test_prefix_steps_is_refused_where_it_cannot_apply(tmp_path: Path) -> None:
     with pytest.raises(InvalidOptionError, match="prefix_steps must be"):
         to_aoti(F, _y(1, 0), tmp_path / "m.pt2", solver="dopri5", dynamic_batch=False, prefix_steps="some",
                 **_settings("dopri5"))
+    with pytest.raises(InvalidOptionError, match="chunk_steps needs a fixed-step solver"):
+        to_aoti(F, _y(1, 0), tmp_path / "m.pt2", solver="dopri5", dynamic_batch=False, chunk_steps=2,
+                **_settings("dopri5"))
+    with pytest.raises(InvalidOptionError, match="chunk_steps needs"):
+        to_aoti(F, _y(2, 0), tmp_path / "m.pt2", solver="rk4", steps=2, chunk_steps=2)
+    with pytest.raises(InvalidOptionError, match="chunk_steps needs"):
+        to_aoti(F, _y(1, 0), tmp_path / "m.pt2", solver="rk4", steps=2, dynamic_batch=False, chunk_steps=2,
+                output_times=[0.0, 0.5, 1.0])
+    with pytest.raises(InvalidOptionError, match="chunk_steps must be"):
+        to_aoti(F, _y(1, 0), tmp_path / "m.pt2", solver="rk4", steps=2, dynamic_batch=False, chunk_steps=-1)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -477,7 +513,7 @@ def test_aoti_one_row_package_is_written_for_one_thread(tmp_path: Path, monkeypa
     for threads, expect in ((None, "1"), (2, "2")):
         path = tmp_path / f"m{expect}.pt2"
         to_aoti(f, y, path, solver="rk4", steps=3, dynamic_batch=False, parity_batches=(1,), progress=False,
-                threads=threads)
+                threads=threads, chunk_steps=None)
         assert read_artifact_metadata(path)["threads"] == expect
         assert ("#pragma omp parallel" in _kernel_source(path)) is (expect == "2")
         assert float((load_aoti(path)(y)[0] - want).abs().max()) < 1e-5
