@@ -733,12 +733,17 @@ def _stack_allocating_wrapper() -> Iterator[None]:
     process (``compile_solve``, another package) the prefix would silently keep its heap
     allocations (torch 2.13).  Register that class for the CPU while the prefix compiles
     (Inductor's ``register_backend_for_device`` table), and put the previous entry back."""
-    from torch._inductor.codegen import common
-    from torch._inductor.codegen.cpp_wrapper_cpu_array_ref import CppWrapperCpuArrayRef
+    try:
+        from torch._inductor.codegen import common
+        from torch._inductor.codegen.cpp_wrapper_cpu_array_ref import CppWrapperCpuArrayRef
 
-    common.init_backend_registration()
-    before = common.device_codegens["cpu"]
-    common.device_codegens["cpu"] = dataclasses.replace(before, cpp_wrapper_codegen=CppWrapperCpuArrayRef)
+        common.init_backend_registration()
+        before = common.device_codegens["cpu"]
+        swapped = dataclasses.replace(before, cpp_wrapper_codegen=CppWrapperCpuArrayRef)
+    except (ImportError, AttributeError, KeyError, TypeError):  # another torch: compile as it chooses
+        yield
+        return
+    common.device_codegens["cpu"] = swapped
     try:
         yield
     finally:
