@@ -284,7 +284,9 @@ def to_aoti(
     and :func:`load_aoti` calls it ``ceil(steps / k)`` times instead of running the loop
     (steps past the end leave the state unchanged).  ``"auto"``: ``min(4, steps)`` (a chunk's
     buffers must fit AOTInductor's 100 KB stack budget); ``0``/``None``: none.  Recorded as
-    ``chunk_steps`` and ``chunk_calls``.
+    ``chunk_steps`` and ``chunk_calls``.  Both straight-line models compile batch-1 linear
+    layers as four row-block reductions (:mod:`odeserve.export._matvec`: four accumulators
+    per loop, the same sums in the same order).
     """
     check_threads(threads)
     return _export("aoti", model_or_f, example_y0, path, dict(
