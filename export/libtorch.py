@@ -799,11 +799,11 @@ class _Aoti(_ExportedProgram):
             # 0-d constant as a literal, which its while_loop cannot take as a carried input
             # ("LoweringException: NotImplementedError: Constant", torch 2.13).
             configs["always_keep_tensor_constants"] = True
-        # The prefix has no loop, so its buffers can live on the stack (AOTInductor's
-        # allow_stack_allocation: one heap allocation per buffer and call fewer; it does not
-        # compile with a while loop in torch 2.13, "no match for operator= ... ArrayRefTensor").
         models = {"model": (artifact.model, configs)}
-        # Straight-line models: stack buffers, and batch-1 matrix products as four row blocks
+        # The straight-line models (prefix, chunk) have no loop, so their buffers can live on
+        # the stack (allow_stack_allocation: no heap allocation per buffer and call; it does
+        # not compile with a while loop in torch 2.13, "no match for operator= ...
+        # ArrayRefTensor"), and their batch-1 matrix products are four row blocks
         # (odeserve.export._matvec: four accumulators per loop; RK4 (b) 6.2 -> 3.2 ms paired).
         straight = {**configs, "aot_inductor.allow_stack_allocation": True, **REALIZE_OPTIONS}
         for name, program in artifact.straight_line().items():
