@@ -66,13 +66,26 @@ class SolveGraph(nn.Module):
         self.__dict__["grid_index"] = grid_index
         self.__dict__["grid_frac"] = grid_frac
 
+    def _start(self, states: Sequence[Tensor]) -> tuple[int, Tensor, Any]:
+        """The batch size, the flat ``(rows, D)`` state and the problem with the traced f."""
+        spec = self.prepared.spec
+        rows = states[0].shape[0]
+        y = spec.flatten(states if spec.is_tuple else states[0], rows)
+        return rows, y, dataclasses.replace(self.prepared.problem, rhs=traceable_rhs(self.fn, spec, y.new_ones(rows)))
+
+    def _outputs(self, y: Tensor, rows: int) -> tuple[list[Tensor], Callable[[Tensor], Tensor]]:
+        """The user's state components from flat ``y``, and how a per-row output is shaped:
+        ``(batch,)`` in both modes (a joint solve's one value repeated for every sample)."""
+        spec = self.prepared.spec
+        out = spec.unflatten(y)
+        per_row: Callable[[Tensor], Tensor] = (lambda x: x.reshape(-1)) if spec.per_sample else \
+            (lambda x: x.reshape(-1).expand(rows))
+        return (list(out) if spec.is_tuple else [out]), per_row
+
     def forward(self, *inputs: Tensor) -> tuple[Tensor, ...]:
         p = self.prepared
         states, rest = inputs[: self.n_states], inputs[self.n_states:]
-        spec = p.spec
-        rows = states[0].shape[0]
-        y = spec.flatten(states if spec.is_tuple else states[0], rows)
-        P = dataclasses.replace(p.problem, rhs=traceable_rhs(self.fn, spec, y.new_ones(rows)))
+        rows, y, P = self._start(states)
         times = p.t
         if self.time_inputs is not None:
             times = torch.stack([rest[0].reshape(()), rest[1].reshape(())]) if self.time_inputs == "span" else rest[0]
@@ -92,18 +105,14 @@ class SolveGraph(nn.Module):
             # Outputs past the time a failed sample reached are NaN, as in odeserve.solve.
             beyond = (times.reshape(-1, 1, 1) - res.t.reshape(1, -1, 1)) * p.problem.direction > 0
             ys = torch.where(beyond, torch.full_like(ys, float("nan")), ys)
-        out = spec.unflatten(ys[-1] if self.final_only else ys)
-        outs = list(out) if spec.is_tuple else [out]
-        # (batch,) in both modes: a joint solve's one status and step count, for every sample.
-        per_row: Callable[[Tensor], Tensor] = (lambda x: x.reshape(-1)) if spec.per_sample else \
-            (lambda x: x.reshape(-1).expand(rows))
+        outs, per_row = self._outputs(ys[-1] if self.final_only else ys, rows)
         outs.append(per_row(res.status))
         if p.adaptive:
             outs.append(per_row(res.accepted + res.rejected))
         return tuple(outs)
 
 
-class ChunkGraph(nn.Module):
+class ChunkGraph(SolveGraph):
     """``forward(*states, i)`` → ``(*states after `count` steps, i + count, status)``: the
     prepared fixed-step solve ``count`` steps at a time, from step ``i``, as straight-line
     code (an AOTInductor package's ``chunk`` model; :func:`odeserve._loop.fixed_unrolled`).
@@ -111,31 +120,20 @@ class ChunkGraph(nn.Module):
     the final state as the only output and the times fixed."""
 
     def __init__(self, f: Any, prepared: PreparedSolve, count: int) -> None:
-        super().__init__()
-        if isinstance(f, nn.Module):
-            self.f = f
-        self.__dict__["fn"] = f
-        self.__dict__["prepared"] = prepared
-        self.n_states = len(prepared.spec.shapes)
+        super().__init__(f, prepared, time_inputs=None, final_only=True, grid_index=None, grid_frac=None)
         self.count = count
 
     def forward(self, *inputs: Tensor) -> tuple[Tensor, ...]:
         from odeserve._api import _finite_status
         from odeserve._loop import fixed_unrolled
 
-        p = self.prepared
-        assert p.grid is not None
+        grid = self.prepared.grid
+        assert grid is not None
         states, i = inputs[: self.n_states], inputs[self.n_states]
-        spec = p.spec
-        rows = states[0].shape[0]
-        y = spec.flatten(states if spec.is_tuple else states[0], rows)
-        P = dataclasses.replace(p.problem, rhs=traceable_rhs(self.fn, spec, y.new_ones(rows)))
-        y = fixed_unrolled(P, p.grid, y, i.reshape(()), self.count)
-        out = spec.unflatten(y)
-        outs = list(out) if spec.is_tuple else [out]
-        status = _finite_status(P, y.unsqueeze(0))
-        per_row = (lambda x: x.reshape(-1)) if spec.per_sample else (lambda x: x.reshape(-1).expand(rows))
-        return (*outs, i + self.count, per_row(status))
+        rows, y, P = self._start(states)
+        y = fixed_unrolled(P, grid, y, i.reshape(()), self.count)
+        outs, per_row = self._outputs(y, rows)
+        return (*outs, i + self.count, per_row(_finite_status(P, y.unsqueeze(0))))
 
 
 # --------------------------------------------------------------------------- errors

@@ -328,10 +328,9 @@ class AotiModel:
             self._model = torch._inductor.aoti_load_package(str(self.path), run_single_threaded=run_single_threaded)
         self._tails = self.state_shapes + [None] * self.n_times
         self._run = _flat_runner(self._model)
-        # A one-row adaptive package's straight-line start (to_aoti's prefix_steps): used when
-        # the sample is done within its attempts, else the full model answers.
-        # A one-row fixed-step package's straight-line chunk of steps (to_aoti's chunk_steps):
-        # called chunk_calls times instead of the loop.
+        # A one-row package's straight-line models (to_aoti): the adaptive prefix answers when
+        # the sample is done within its attempts (else the loop does); the fixed-step chunk
+        # is called chunk_calls times instead of the loop.
         self.prefix_steps = int(self.metadata.get("prefix_steps", "0"))
         self.chunk_steps = int(self.metadata.get("chunk_steps", "0"))
         self.chunk_calls = int(self.metadata.get("chunk_calls", "0"))
@@ -463,8 +462,8 @@ def _export(fmt: str, model_or_f: Any, example_y0: Any, path: str | Path, o: dic
         dynamic = bool(o["dynamic_batch"])
 
         t_build = time.perf_counter()
+        one_row = not dynamic and _comps(example)[0].shape[0] == 1
         if "prefix_steps" in o:
-            one_row = not dynamic and _comps(example)[0].shape[0] == 1
             attempts = _prefix_attempts(o["prefix_steps"], f, calibration_inputs(example, o["calibration"]), times,
                                         options, adaptive=adaptive, one_row=one_row)
             chunk = _chunk_steps(o["chunk_steps"], plan, prepared, one_row=one_row)
@@ -480,7 +479,6 @@ def _export(fmt: str, model_or_f: Any, example_y0: Any, path: str | Path, o: dic
         if "fast_tanh" in o:
             meta["fast_tanh"] = bool(o["fast_tanh"]) and plan.dtype == torch.float32
         if "threads" in o:
-            one_row = not dynamic and meta["batch"] == 1
             # None: Inductor's default (this process's thread count), recorded as that count
             meta["threads"] = o["threads"] or (1 if one_row else None)
         with atomic_output(path) as tmp, _work_file(tmp, backend.suffix) as work:
@@ -519,11 +517,21 @@ def _export(fmt: str, model_or_f: Any, example_y0: Any, path: str | Path, o: dic
 PREFIX_STEPS_CAP = 32  # straight-line attempts add compile time (≈ 15-25 s each for a small MLP here)
 
 
+def _straight_line_setting(name: str, setting: int | str | None) -> int | str:
+    """``prefix_steps`` / ``chunk_steps`` checked: ``"auto"``, or a count (``None``: 0)."""
+    if setting is None or setting == "auto":
+        return setting or 0
+    if isinstance(setting, bool) or not isinstance(setting, int) or setting < 0:
+        raise InvalidOptionError(f"{name} must be 'auto', None or a step count >= 0, got {setting!r}")
+    return setting
+
+
 def _prefix_attempts(setting: int | str | None, f: Any, inputs: Any, times: Tensor, options: dict[str, Any], *,
                      adaptive: bool, one_row: bool) -> int:
     """The step attempts an AOTInductor package's ``prefix`` model unrolls (0: none); see
     :func:`to_aoti`'s ``prefix_steps``."""
-    if setting is None or (isinstance(setting, int) and not isinstance(setting, bool) and setting == 0):
+    setting = _straight_line_setting("prefix_steps", setting)
+    if setting == 0:
         return 0
     if setting == "auto":
         if not (adaptive and one_row):
@@ -532,8 +540,6 @@ def _prefix_attempts(setting: int | str | None, f: Any, inputs: Any, times: Tens
         _, res = p.run(p.spec.flatten(inputs))
         most = int((res.accepted + res.rejected).max())
         return min(PREFIX_STEPS_CAP, most + max(2, most // 4))
-    if isinstance(setting, bool) or not isinstance(setting, int) or setting < 0:
-        raise InvalidOptionError(f"prefix_steps must be 'auto', None or a step count >= 0, got {setting!r}")
     if not adaptive:
         raise InvalidOptionError("prefix_steps is for adaptive solvers (a fixed-step solve has no attempts to "
                                  "unroll); pass prefix_steps=None")
@@ -546,15 +552,14 @@ def _prefix_attempts(setting: int | str | None, f: Any, inputs: Any, times: Tens
 def _chunk_steps(setting: int | str | None, plan: _Plan, prepared: PreparedSolve, *, one_row: bool) -> int:
     """The steps per call of an AOTInductor package's ``chunk`` model (0: none); see
     :func:`to_aoti`'s ``chunk_steps``."""
-    if setting is None or (isinstance(setting, int) and not isinstance(setting, bool) and setting == 0):
+    setting = _straight_line_setting("chunk_steps", setting)
+    if setting == 0:
         return 0
     grid = prepared.grid
     fits = grid is not None and one_row and plan.final and plan.time_inputs is None and \
         type(prepared.problem.solver).augment is Solver.augment
     if setting == "auto":
         return min(4, grid.steps) if fits and grid is not None else 0
-    if isinstance(setting, bool) or not isinstance(setting, int) or setting < 0:
-        raise InvalidOptionError(f"chunk_steps must be 'auto', None or a step count >= 0, got {setting!r}")
     if not fits:
         raise InvalidOptionError(
             "chunk_steps needs a fixed-step solver whose loop state is the state, a one-row package "
@@ -733,8 +738,8 @@ def _stack_allocating_wrapper() -> Iterator[None]:
     """Inductor chooses its CPU C++ wrapper class once per process, at its first compile
     (``init_backend_registration`` is cached): the class that can keep buffers on the stack
     only if ``allow_stack_allocation`` was on then.  So after any earlier compile in the
-    process (``compile_solve``, another package) the prefix would silently keep its heap
-    allocations (torch 2.13).  Register that class for the CPU while the prefix compiles
+    process (``compile_solve``, another package) a straight-line model would silently keep
+    its heap allocations (torch 2.13).  Register that class for the CPU while it compiles
     (Inductor's ``register_backend_for_device`` table), and put the previous entry back."""
     try:
         from torch._inductor.codegen import common
@@ -756,7 +761,8 @@ def _stack_allocating_wrapper() -> Iterator[None]:
 @dataclass
 class _AotiPrograms:
     """What an AOTInductor package is compiled from: the whole solve (``"model"``) and, for a
-    one-row adaptive package, the straight-line ``"prefix"`` (:func:`to_aoti`'s ``prefix_steps``)."""
+    one-row package, a straight-line ``"prefix"`` (adaptive) or ``"chunk"`` (fixed step); see
+    :func:`to_aoti`'s ``prefix_steps`` and ``chunk_steps``."""
 
     model: Any
     prefix: Any | None = None
@@ -799,28 +805,27 @@ class _Aoti(_ExportedProgram):
             # 0-d constant as a literal, which its while_loop cannot take as a carried input
             # ("LoweringException: NotImplementedError: Constant", torch 2.13).
             configs["always_keep_tensor_constants"] = True
-        models = {"model": (artifact.model, configs)}
         # The straight-line models (prefix, chunk) have no loop, so their buffers can live on
         # the stack (allow_stack_allocation: no heap allocation per buffer and call; it does
         # not compile with a while loop in torch 2.13, "no match for operator= ...
         # ArrayRefTensor"), and their batch-1 matrix products are four row blocks
         # (odeserve.export._matvec: four accumulators per loop; RK4 (b) 6.2 -> 3.2 ms paired).
         straight = {**configs, "aot_inductor.allow_stack_allocation": True, **REALIZE_OPTIONS}
-        for name, program in artifact.straight_line().items():
-            models[name] = (program, straight)
+        models = {"model": artifact.model, **artifact.straight_line()}
         with _progress("compiling with AOTInductor (a minute or more)", progress), _quiet(), _translated("AOTInductor"):
             files = {}
-            for name, (program, options) in models.items():
+            for name, program in models.items():
+                loop_free = name != "model"
                 if meta.get("fast_tanh"):
                     program = program.run_decompositions(fast_tanh_decompositions())
-                if name != "model":
+                if loop_free:
                     program = program.run_decompositions(row_block_decompositions())
                 # What aoti_compile_and_package does for one program; package_aoti takes several.
                 args, kwargs = program.example_inputs
-                stack = _stack_allocating_wrapper() if name != "model" else contextlib.nullcontext()
-                with stack:
-                    files[name] = torch._inductor.aot_compile(program.module(check_guards=False), args, kwargs,
-                                                              options={**options, "aot_inductor.package": True})
+                with _stack_allocating_wrapper() if loop_free else contextlib.nullcontext():
+                    files[name] = torch._inductor.aot_compile(
+                        program.module(check_guards=False), args, kwargs,
+                        options={**(straight if loop_free else configs), "aot_inductor.package": True})
             from torch._inductor.package import package_aoti
 
             package_aoti(str(work), files)

@@ -340,10 +340,7 @@ def adaptive_while(P: Problem, y0: Tensor) -> LoopResult:
         return (i + 1,) + tuple(n.clone() if n is c else n for n, c in zip(nxt, carry))
 
     out = torch.while_loop(cond, body, (iters,) + carried(st))
-    i, st = out[0], state(out[1:])
-    eps = P.solver.evals_per_step + (P.solver.interpolation_evals if outputs else 0)
-    return LoopResult(st.t, st.ys, st.y, st.status, st.accepted, st.rejected, init_evals + eps * i,
-                      init_evals + eps * (st.accepted + st.rejected), st.dt)
+    return _adaptive_result(P, state(out[1:]), init_evals, out[0])
 
 
 def adaptive_unrolled(P: Problem, y0: Tensor, attempts: int) -> LoopResult:
@@ -354,8 +351,14 @@ def adaptive_unrolled(P: Problem, y0: Tensor, attempts: int) -> LoopResult:
     st, init_evals = adaptive_init(P, y0)
     for _ in range(attempts):
         st = adaptive_step(P, st)
+    return _adaptive_result(P, st, init_evals, attempts)
+
+
+def _adaptive_result(P: Problem, st: AdaptiveState, init_evals: int, attempted: int | Tensor) -> LoopResult:
+    """A compiled/exported adaptive solve's result after ``attempted`` masked attempts (every
+    row evaluated f each time; per row only its own accepted and rejected steps count)."""
     eps = P.solver.evals_per_step + (P.solver.interpolation_evals if P.t_interior.shape[0] > 0 else 0)
-    return LoopResult(st.t, st.ys, st.y, st.status, st.accepted, st.rejected, init_evals + eps * attempts,
+    return LoopResult(st.t, st.ys, st.y, st.status, st.accepted, st.rejected, init_evals + eps * attempted,
                       init_evals + eps * (st.accepted + st.rejected), st.dt)
 
 
@@ -399,15 +402,19 @@ def fixed_unrolled(P: Problem, grid: FixedGrid, y: Tensor, start: Tensor, count:
     code, no loop: what an AOTInductor package's ``chunk`` model runs, ``ceil(N / count)``
     times.  When ``count`` does not divide the step count, steps past the grid's end leave
     ``y`` as it is."""
-    times, dts = grid.times, torch.diff(grid.times)
+    dts = torch.diff(grid.times)
     exact = grid.steps % count == 0
     for r in range(count):
         at = (start + r).reshape(1)
-        idx = at if exact else torch.clamp(at, max=grid.steps - 1)
-        nxt = P.solver.step(P.rhs, times.index_select(0, idx).reshape(()), y, dts.index_select(0, idx).reshape(()),
-                            None).y
+        nxt = _grid_step(P, grid.times, dts, at if exact else torch.clamp(at, max=grid.steps - 1), y)
         y = nxt if exact else torch.where(at < grid.steps, nxt, y)
     return y
+
+
+def _grid_step(P: Problem, times: Tensor, dts: Tensor, at: Tensor, y: Tensor) -> Tensor:
+    """One step of the grid at the step index ``at`` (a 1-element int64 tensor).
+    index_select, not times[i]: a data-dependent index must stay a tensor op to trace."""
+    return P.solver.step(P.rhs, times.index_select(0, at).reshape(()), y, dts.index_select(0, at).reshape(()), None).y
 
 
 def fixed_while(P: Problem, grid: FixedGrid, y0: Tensor) -> tuple[Tensor, Tensor]:
@@ -422,9 +429,8 @@ def fixed_while(P: Problem, grid: FixedGrid, y0: Tensor) -> tuple[Tensor, Tensor
         return i < n
 
     def step(i: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        # index_select, not times[i]: a data-dependent index must stay a tensor op to trace
         at = i.reshape(1)
-        return at, P.solver.step(P.rhs, times.index_select(0, at).reshape(()), y, dts.index_select(0, at).reshape(()), None).y
+        return at, _grid_step(P, times, dts, at, y)
 
     if n_int == 0:
         # No interior outputs (a static fact): no buffer to carry or write, a few ops fewer
