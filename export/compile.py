@@ -312,7 +312,7 @@ def _inference_options() -> dict[str, Any]:
     wrapper alone (bench/results/latency.md); graphs for other batch sizes are unchanged (a
     symbolic batch is not statically 1).  A fresh dict per call: torch.compile keeps what it
     gets."""
-    return {"cpp_wrapper": True, **batch1_matmul_options()}
+    return {"cpp_wrapper": True, **kernel_options()}
 
 
 def inductor_backend(config_patches: dict[str, Any], *, fast_tanh: bool) -> Callable[..., Any]:
@@ -350,10 +350,16 @@ def thread_options(threads: int | None) -> dict[str, Any]:
     return {"cpp.threads": threads} if threads is not None else {}
 
 
-def batch1_matmul_options() -> dict[str, Any]:
-    """Inductor's ``decompose_mm_pass`` (see :func:`_inference_options`), for every
-    Inductor build odeserve makes (``compile_solve``'s inference graphs, ``to_aoti``)."""
-    return {"post_grad_fusion_options": {"decompose_mm_pass": {}}}
+def kernel_options() -> dict[str, Any]:
+    """Inductor settings for every build odeserve makes (``compile_solve``'s inference
+    graphs, ``to_aoti``): ``decompose_mm_pass`` (see :func:`_inference_options`) and
+    fused multiply-adds in the generated C++ kernels (``-ffp-contract=fast``: ``a * b + c``
+    as one FMA instruction with one rounding instead of two; Inductor compiles with ``off``).
+    The rational ``tanh``'s Horner polynomials, the stage sums and the batch-1 row blocks
+    are chains of multiply-adds: measured with AOTInductor packages built both ways and
+    alternated in one process, dopri5 at batch 512 (MLP 64/256, joint, I controller) took
+    ×0.955–0.98 the time, RK4 100 steps at batch 1 ×0.96."""
+    return {"post_grad_fusion_options": {"decompose_mm_pass": {}}, "cpp.enable_floating_point_contract_flag": "fast"}
 
 
 class CompiledODE(nn.Module):

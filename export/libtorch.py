@@ -80,7 +80,7 @@ from ._onnx_trace import (
 from ._steps import AutoSteps, calibration_inputs, choose_steps
 from ._matvec import REALIZE_OPTIONS, row_block_decompositions
 from ._tanh import fast_tanh_decompositions
-from .compile import batch1_matmul_options, check_threads, thread_options
+from .compile import check_threads, kernel_options, thread_options
 from .onnx import _comps, _eager, _inference, _Names, _parity_inputs, _Plan, _plan, export_prepare, state_shapes
 
 __all__ = [
@@ -793,13 +793,13 @@ class _Aoti(_ExportedProgram):
 
     def save(self, artifact: Any, meta: dict[str, Any], work: Path, progress: bool) -> None:
         # The settings go into the compiled package (C++ reads them with get_metadata()).
-        # batch1_matmul_options: a batch-1 package's matrix products become Inductor's own
-        # fused code instead of an ATen call per layer (1.9-2.2x faster at batch 1 here,
-        # bench/results/latency.md); symbolic batches are unchanged.
+        # kernel_options: a batch-1 package's matrix products become Inductor's own fused
+        # code instead of an ATen call per layer (1.9-2.2x faster at batch 1 here,
+        # bench/results/latency.md; symbolic batches are unchanged), and the kernels use FMAs.
         threads = meta["threads"]  # None: Inductor's default, which writes for this process's count
         if threads is None:
             meta["threads"] = torch.get_num_threads()
-        configs = {"aot_inductor.metadata": stringify(meta), **batch1_matmul_options(), **thread_options(threads)}
+        configs = {"aot_inductor.metadata": stringify(meta), **kernel_options(), **thread_options(threads)}
         if meta.get("batch_mode") == "joint":
             # A joint loop starts from 0-d tensors (the start time); Inductor would inline a
             # 0-d constant as a literal, which its while_loop cannot take as a carried input

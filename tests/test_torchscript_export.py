@@ -276,6 +276,29 @@ def test_aoti_round_trip(tmp_path: Path) -> None:
     with pytest.raises(ShapeMismatchError):
         model(torch.zeros(2, 3))
     assert not list(tmp_path.glob(".*"))  # no temporary files left
+    _assert_kernels_use_fma(result.path, tmp_path)
+
+
+def _assert_kernels_use_fma(package: Path, tmp_path: Path) -> None:
+    """The package's compiled kernels use fused multiply-add instructions (odeserve builds
+    with ``-ffp-contract=fast``; Inductor's default, ``off``, writes none), where this CPU
+    has FMA and binutils' ``objdump`` is there to look."""
+    import shutil
+    import subprocess
+
+    cpu = Path("/proc/cpuinfo")
+    if shutil.which("objdump") is None or not cpu.is_file() or " fma " not in cpu.read_text():
+        return
+    with zipfile.ZipFile(package) as z:
+        libs = [n for n in z.namelist() if n.endswith(".so")]
+        assert libs, z.namelist()
+        found = 0
+        for n in libs:
+            lib = tmp_path / "fma_check.so"
+            lib.write_bytes(z.read(n))
+            found += subprocess.run(["objdump", "-d", str(lib)], capture_output=True, text=True, check=True).stdout.count("vfmadd")
+            lib.unlink()
+    assert found > 0, "no FMA instructions in the package's kernels"
 
 
 # --------------------------------------------------------------------------- refusals
