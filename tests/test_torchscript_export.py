@@ -380,18 +380,16 @@ def test_cli_export_torchscript_and_inspect(tmp_path: Path, capsys: pytest.Captu
     assert main(["inspect", str(out)]) == 0
     text = capsys.readouterr().out
     assert "odeserve-torchscript/1" in text and "forward(y0: float32[batch, 2]) -> (y1, status, n_steps)" in text
-    assert main(["export", "test_torchscript_export:make_model", "--format", "pt2", "--state-shape", "2",
-                 "--steps", "2", "--opset", "18", "-o", str(tmp_path / "m.pt2")]) == 2
-    assert "--opset applies to --format onnx only" in capsys.readouterr().err
-    assert main(["export", "test_torchscript_export:make_model", "--format", "pt2", "--state-shape", "2",
-                 "--steps", "2", "--threads", "1", "-o", str(tmp_path / "m.pt2")]) == 2
-    assert "--threads applies to --format aoti only" in capsys.readouterr().err
-    assert main(["export", "test_torchscript_export:make_model", "--format", "onnx", "--state-shape", "2",
-                 "--steps", "2", "--prefix-steps", "3", "-o", str(tmp_path / "m.onnx")]) == 2
-    assert "--prefix-steps applies to --format aoti only" in capsys.readouterr().err
-    assert main(["export", "test_torchscript_export:make_model", "--format", "aoti", "--state-shape", "2",
-                 "--steps", "2", "--prefix-steps", "many", "-o", str(tmp_path / "m.pt2")]) == 2
-    assert "--prefix-steps must be 'auto' or a step count" in capsys.readouterr().err
+    refusals = [  # (format, file suffix, the flag and its value, what the error says)
+        ("pt2", "pt2", ["--opset", "18"], "--opset applies to --format onnx only"),
+        ("pt2", "pt2", ["--threads", "1"], "--threads applies to --format aoti only"),
+        ("onnx", "onnx", ["--prefix-steps", "3"], "--prefix-steps applies to --format aoti only"),
+        ("aoti", "pt2", ["--prefix-steps", "many"], "--prefix-steps must be 'auto' or a step count"),
+    ]
+    for fmt, suffix, flag, message in refusals:
+        assert main(["export", "test_torchscript_export:make_model", "--format", fmt, "--state-shape", "2",
+                     "--steps", "2", *flag, "-o", str(tmp_path / f"m.{suffix}")]) == 2, (fmt, flag)
+        assert message in capsys.readouterr().err, (fmt, flag)
     assert not math.isnan(float(read_artifact_metadata(out)["parity_error"]))
 
 
