@@ -21,3 +21,7 @@ from .libtorch import (  # noqa: E402
 
 __all__ += ["to_torchscript", "to_exported_program", "to_aoti", "load_aoti", "AotiModel", "ArtifactExport",
             "read_artifact_metadata", "TorchScriptDeprecationWarning"]
+
+from .runner import TorchArtifact, load_artifact  # noqa: E402
+
+__all__ += ["load_artifact", "TorchArtifact"]

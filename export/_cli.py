@@ -179,9 +179,9 @@ def _times_kwargs(args: argparse.Namespace, model: Any) -> dict[str, Any]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from odeserve.export import OnnxModel
+    from odeserve.export import load_artifact
 
-    model = OnnxModel(args.model, providers=args.providers, threads=args.threads)
+    model = load_artifact(args.model, providers=args.providers, threads=args.threads)
     arrays = _load_arrays(args.input)
     outs = model.run(*arrays, **_times_kwargs(args, model))
     status = np.asarray(outs["status"])
@@ -203,13 +203,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from odeserve.export import OnnxModel
+    from odeserve.export import load_artifact
 
     rows = []
     for threads in args.threads:
-        model = OnnxModel(args.model, providers=args.providers, threads=threads)
+        model = load_artifact(args.model, providers=args.providers, threads=threads)
         tails = json.loads(model.metadata["state_shapes"])
-        for batch in args.batch:
+        for batch in args.batch or _default_batches(model.metadata):
             rng = np.random.default_rng(0)
             arrays = [rng.standard_normal([batch] + tail).astype(model.dtype) for tail in tails]
             kw = _times_kwargs(argparse.Namespace(t0=None, t1=None, t=None, model=args.model), model)
@@ -235,6 +235,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(f"{r['threads']:>7} {r['batch']:>6} {r['median_ms']:>10.3f} {r['min_ms']:>8.3f} "
               f"{r['per_sample_us']:>10.2f} {r['runs']:>5}")
     return 0
+
+
+def _default_batches(meta: dict[str, str]) -> list[int]:
+    """Batch 1 and 256, or the one batch a fixed-batch model takes (a model whose batch axis
+    starts at 2 is timed from 2)."""
+    if meta.get("dynamic_batch") == "false" and meta.get("batch"):
+        return [int(meta["batch"])]
+    return sorted({max(1, int(meta.get("batch_min", "1"))), 256})
 
 
 def run_command(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:

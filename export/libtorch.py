@@ -321,12 +321,8 @@ class AotiModel:
             )
         self.dtype = getattr(torch, self.metadata["dtype"])
         self.state_shapes = [tuple(s) for s in json.loads(self.metadata["state_shapes"])]
-        self.n_times = len(json.loads(self.metadata.get("time_inputs", "[]")))
-        self.batch_min = int(self.metadata.get("batch_min", "1"))
-        self.batch = None if self.metadata.get("dynamic_batch") == "true" else int(self.metadata["batch"])
         with _quiet():
             self._model = torch._inductor.aoti_load_package(str(self.path), run_single_threaded=run_single_threaded)
-        self._tails = self.state_shapes + [None] * self.n_times
         self._run = _flat_runner(self._model)
         # A one-row package's straight-line models (to_aoti): the adaptive prefix answers when
         # the sample is done within its attempts (else the loop does); the fixed-step chunk
@@ -339,20 +335,7 @@ class AotiModel:
         self._status = len(self.state_shapes)  # outputs: the states, then the status
 
     def __call__(self, *inputs: Tensor) -> tuple[Tensor, ...]:
-        if len(inputs) != len(self._tails):
-            raise ShapeMismatchError(f"{self.path.name} takes {len(self.state_shapes)} state tensor(s) and "
-                                     f"{self.n_times} time input(s), got {len(inputs)} inputs")
-        for i, (x, tail) in enumerate(zip(inputs, self._tails)):
-            if not isinstance(x, Tensor) or x.dtype != self.dtype:
-                raise DtypeMismatchError(f"input {i} must be a {self.dtype} tensor, got "
-                                         f"{x.dtype if isinstance(x, Tensor) else type(x).__name__}")
-            if tail is not None and (x.ndim != len(tail) + 1 or x.shape[1:] != tail):
-                raise ShapeMismatchError(f"state input {i} must be (batch, {', '.join(map(str, tail))}), "
-                                         f"got {tuple(x.shape)}")
-        rows = inputs[0].shape[0]
-        if rows < self.batch_min or (self.batch is not None and rows != self.batch):
-            allowed = f"exactly {self.batch}" if self.batch is not None else f"at least {self.batch_min}"
-            raise ShapeMismatchError(f"{self.path.name} takes a batch of {allowed}, got {rows}")
+        check_inputs(self.path.name, self.metadata, inputs)
         if self._prefix is not None:
             out = self._prefix(list(inputs))
             if int(out[self._status]) != RUNNING:  # one row: one status
@@ -367,6 +350,33 @@ class AotiModel:
         if self._run is not None:
             return tuple(self._run(list(inputs)))
         return tuple(self._model(*inputs))
+
+
+def check_inputs(name: str, meta: dict[str, str], inputs: Sequence[Any]) -> None:
+    """Check a call's positional inputs against an artifact's metadata (count, dtype,
+    per-sample shape, batch size), since compiled code trusts its inputs."""
+    dtype = getattr(torch, meta["dtype"])
+    shapes = [tuple(s) for s in json.loads(meta["state_shapes"])]
+    n_times = len(json.loads(meta.get("time_inputs", "[]")))
+    if len(inputs) != len(shapes) + n_times:
+        raise ShapeMismatchError(f"{name} takes {len(shapes)} state tensor(s) and {n_times} time input(s), "
+                                 f"got {len(inputs)} inputs")
+    for i, (x, tail) in enumerate(zip(inputs, shapes + [None] * n_times)):
+        if not isinstance(x, Tensor) or x.dtype != dtype:
+            raise DtypeMismatchError(f"input {i} must be a {dtype} tensor, got "
+                                     f"{x.dtype if isinstance(x, Tensor) else type(x).__name__}")
+        if tail is not None and (x.ndim != len(tail) + 1 or x.shape[1:] != tail):
+            raise ShapeMismatchError(f"state input {i} must be (batch, {', '.join(map(str, tail))}), "
+                                     f"got {tuple(x.shape)}")
+    rows = {int(x.shape[0]) for x in inputs[:len(shapes)]}
+    if len(rows) > 1:
+        raise ShapeMismatchError(f"the state inputs of {name} must share their batch size (axis 0), got {sorted(rows)}")
+    batch_min = int(meta.get("batch_min", "1"))
+    batch = None if meta.get("dynamic_batch") == "true" else int(meta["batch"])
+    (n,) = rows
+    if n < batch_min or (batch is not None and n != batch):
+        allowed = f"exactly {batch}" if batch is not None else f"at least {batch_min}"
+        raise ShapeMismatchError(f"{name} takes a batch of {allowed}, got {n}")
 
 
 def _loaded(path: Path, name: str, run_single_threaded: bool) -> Callable[[list[Tensor]], list[Tensor]]:
@@ -900,6 +910,12 @@ def _translated(exporter: str) -> Iterator[None]:
                 f"{exporter} cannot capture the solve: f (or a plugin) uses Python control flow on a tensor's value"
                 + (f" at {where}" if where else "")
                 + ". Use torch.where / tensor arithmetic instead of Python if/while/float()/item() on tensors"
+            ) from e
+        if "Cannot insert a Tensor that requires grad as a constant" in text:
+            raise ExportError(
+                f"{exporter} cannot write a tensor that requires grad into the file as a constant: f captures one "
+                "(e.g. a lambda or closure over a model's parameters). Pass the nn.Module itself (forward(t, y)), "
+                "whose parameters the file keeps, or freeze the captured tensors first (requires_grad_(False))"
             ) from e
         raise ExportError(f"{exporter} failed: {type(e).__name__}: {str(e).strip()[:2000]}") from e
 

@@ -141,24 +141,26 @@ def _add_export_commands(sub) -> None:  # type: ignore[no-untyped-def]
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_deferred("cmd_inspect"))
 
-    p = sub.add_parser("run", help="run an exported ONNX model on a .npy/.npz batch in ONNX Runtime")
+    p = sub.add_parser("run", help="run an exported model (.onnx in ONNX Runtime; .pt, .pt2 in PyTorch) on a "
+                       ".npy/.npz batch")
     p.add_argument("model")
     p.add_argument("--input", required=True, help=".npy (one state tensor) or .npz (tuple state, in order)")
     p.add_argument("--output", help="write the result: .npy (the state) or .npz (every output)")
     p.add_argument("--t0", type=float)
     p.add_argument("--t1", type=float)
     p.add_argument("--t", help="comma-separated output times (models exported with dynamic output times)")
-    p.add_argument("--threads", type=int)
-    p.add_argument("--providers", default="auto")
+    p.add_argument("--threads", type=int, help="intra-op threads (ONNX Runtime's, or PyTorch's for .pt/.pt2)")
+    p.add_argument("--providers", default="auto", help="ONNX Runtime execution providers (ONNX files only)")
     p.set_defaults(func=_deferred("cmd_run"))
 
-    p = sub.add_parser("bench", help="time an exported ONNX model in ONNX Runtime")
+    p = sub.add_parser("bench", help="time an exported model (.onnx in ONNX Runtime; .pt, .pt2 in PyTorch)")
     p.add_argument("model")
-    p.add_argument("--batch", type=int, nargs="+", default=[1, 256])
+    p.add_argument("--batch", type=int, nargs="+",
+                   help="batch sizes (default: 1 and 256; a fixed-batch model: its batch)")
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--repeat", type=int, default=50)
     p.add_argument("--max-seconds", type=float, default=10.0, help="per configuration")
-    p.add_argument("--providers", default="auto")
+    p.add_argument("--providers", default="auto", help="ONNX Runtime execution providers (ONNX files only)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_deferred("cmd_bench"))
 

@@ -10,6 +10,7 @@ TorchScript.
 from __future__ import annotations
 
 import contextlib
+import threading
 from abc import ABC, abstractmethod
 from typing import Any, Callable, ClassVar, Iterator, NamedTuple
 
@@ -36,9 +37,16 @@ class Const:
 
     __slots__ = ("value", "tensor", "_text")
 
-    #: Off inside :meth:`as_tensors` (the ONNX exporter: an ONNX ``value`` attribute is a
-    #: float32, so a literal would round a float64 coefficient).
-    literals = True
+    # Per thread: off inside :meth:`as_tensors` (the ONNX exporter: an ONNX ``value``
+    # attribute is a float32, so a literal would round a float64 coefficient), without
+    # touching a compile running in another thread at the same time.
+    _local = threading.local()
+
+    @staticmethod
+    def literals() -> bool:
+        """Whether constants are written as literal ops now: while tracing, outside
+        :meth:`as_tensors`, in this thread."""
+        return torch.compiler.is_compiling() and getattr(Const._local, "literals", True)
 
     def __init__(self, value: float, dtype: torch.dtype, device: torch.device) -> None:
         self.value = float(value)
@@ -52,7 +60,7 @@ class Const:
         self._text = repr(self.value)
 
     def __call__(self) -> Tensor:
-        if Const.literals and torch.compiler.is_compiling():
+        if Const.literals():
             return torch.full((), float(self._text), dtype=self.tensor.dtype, device=self.tensor.device)
         return self.tensor
 
@@ -60,11 +68,12 @@ class Const:
     @contextlib.contextmanager
     def as_tensors() -> Iterator[None]:
         """Within: every constant is its tensor, even while tracing."""
-        before, Const.literals = Const.literals, False
+        before = getattr(Const._local, "literals", True)
+        Const._local.literals = False
         try:
             yield
         finally:
-            Const.literals = before
+            Const._local.literals = before
 
     def __float__(self) -> float:
         return self.value

@@ -30,6 +30,7 @@ from odeserve.export import (
     ArtifactExport,
     TorchScriptDeprecationWarning,
     load_aoti,
+    load_artifact,
     read_artifact_metadata,
     to_aoti,
     to_exported_program,
@@ -275,6 +276,9 @@ def test_aoti_round_trip(tmp_path: Path) -> None:
         model(_y(2, 0, torch.float64))
     with pytest.raises(ShapeMismatchError):
         model(torch.zeros(2, 3))
+    # What ``odeserve run`` uses: outputs by name, numpy in and out, the package's numbers.
+    outs = load_artifact(result.path).run(y.numpy())
+    assert list(outs) == ["y1", "status"] and torch.equal(torch.from_numpy(outs["y1"]), model(y)[0])
     assert not list(tmp_path.glob(".*"))  # no temporary files left
     _assert_kernels_use_fma(result.path, tmp_path)
 
@@ -344,6 +348,15 @@ def test_value_branches_in_f_are_refused(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+def test_torchscript_of_a_closure_over_trainable_parameters_says_what_to_pass(tmp_path: Path) -> None:
+    """torch.jit.trace cannot bake a tensor that requires grad into the file: the error names
+    the cause and the fix (pass the module), not torch's internal message alone."""
+    net = nn.Sequential(nn.Linear(2, 4), nn.Tanh(), nn.Linear(4, 2))
+    with pytest.raises(ExportError, match=r"captures one .*Pass the nn.Module itself"):
+        to_torchscript(lambda t, y: net(y), _y(3, 0), tmp_path / "m.pt", solver="rk4", steps=2)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_metadata_reader_refuses_foreign_files(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         read_artifact_metadata(tmp_path / "none.pt")
@@ -391,6 +404,48 @@ def test_cli_export_torchscript_and_inspect(tmp_path: Path, capsys: pytest.Captu
                      "--steps", "2", *flag, "-o", str(tmp_path / f"m.{suffix}")]) == 2, (fmt, flag)
         assert message in capsys.readouterr().err, (fmt, flag)
     assert not math.isnan(float(read_artifact_metadata(out)["parity_error"]))
+
+
+def test_cli_run_and_bench_serve_torchscript_and_exported_programs(
+        ts_files: Callable[[str], ArtifactExport], pt2_files: Callable[[str], ArtifactExport], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """``odeserve run`` / ``bench`` (through :func:`load_artifact`) run the PyTorch formats
+    as they run ONNX: every output by name, the eager solve's numbers, inputs checked
+    against the file's metadata, ONNX-only flags refused."""
+    import numpy as np
+
+    from odeserve.cli import main
+    from odeserve.export import TorchArtifact
+
+    y = _y(6, 41)
+    np.save(tmp_path / "x.npy", y.numpy())
+    for solver, files in (("dopri5", ts_files), ("rk4", ts_files), ("dopri5", pt2_files)):
+        path = files(solver).path
+        want = _want(F, y, solver)
+        model = load_artifact(path)
+        assert isinstance(model, TorchArtifact) and model.format == read_artifact_metadata(path)["format"]
+        outs = model.run(y.numpy())
+        assert list(outs) == json.loads(read_artifact_metadata(path)["outputs"]), path
+        assert isinstance(outs["y1"], np.ndarray)
+        assert np.abs(outs["y1"] - want.ys[-1].numpy()).max() < 1e-5 and np.array_equal(outs["status"], want.status)
+        assert torch.equal(model.run(y)["y1"], torch.from_numpy(outs["y1"]))  # tensors in, tensors out
+        out = tmp_path / f"{path.stem}_{path.suffix[1:]}.npy"
+        assert main(["run", str(path), "--input", str(tmp_path / "x.npy"), "--output", str(out)]) == 0
+        assert "status: 6 of 6 samples succeeded" in capsys.readouterr().out
+        assert np.array_equal(np.load(out), outs["y1"])
+    model = load_artifact(ts_files("rk4").path)
+    with pytest.raises(DtypeMismatchError):
+        model.run(y.double().numpy())
+    with pytest.raises(ShapeMismatchError, match=r"state input 0 must be \(batch, 2\)"):
+        model.run(np.zeros((4, 3), np.float32))
+    with pytest.raises(TypeError, match="takes no"):
+        model.run(y.numpy(), t0=0.0)
+    path = str(ts_files("rk4").path)
+    assert main(["run", path, "--input", str(tmp_path / "x.npy"), "--providers", "CPUExecutionProvider"]) == 2
+    assert "execution providers apply to ONNX files only" in capsys.readouterr().err
+    assert main(["bench", path, "--threads", "1", "--repeat", "2", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["threads"], r["batch"]) for r in rows] == [(1, 1), (1, 256)] and all(r["median_ms"] > 0 for r in rows)
 
 
 # --------------------------------------------------------------------------- LibTorch example

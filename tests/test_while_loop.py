@@ -3,6 +3,8 @@ torch.while_loop only differentiates carries whose start value requires grad."""
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 from torch import nn
@@ -41,10 +43,17 @@ def test_const_is_a_literal_while_tracing_and_a_tensor_otherwise():
     assert torch.equal(program.module()(x), x / 3.0)  # every float64 digit kept
     with Const.as_tensors():
         assert len(torch.export.export(Scale(), (x,)).constants) == 1
-    assert Const.literals
+        # Per thread: an export here does not turn a compile in another thread's literals
+        # into captured tensors.
+        seen: list[int] = []
+        worker = threading.Thread(target=lambda: seen.append(len(torch.export.export(Scale(), (x,)).constants)))
+        worker.start()
+        worker.join()
+        assert seen == [0]
+    assert not torch.export.export(Scale(), (x,)).constants
     with pytest.raises(RuntimeError), Const.as_tensors():
         raise RuntimeError
-    assert Const.literals  # restored on the way out of an error too
+    assert not torch.export.export(Scale(), (x,)).constants  # restored on the way out of an error too
 
 
 @pytest.mark.parametrize("batch", ["per_sample", "joint"])

@@ -76,7 +76,7 @@ class ExplicitRK(Solver):
         """``value ↦`` the coefficient as a 0-d tensor of the solve's dtype: the tensors made
         once, or literal ops while torch.compile/export trace (see :class:`Const`).  Decided
         once per step: eager steps pay one dict lookup per coefficient."""
-        if Const.literals and torch.compiler.is_compiling():
+        if Const.literals():
             return lambda v: self._consts[v]()
         return self._tensors.__getitem__
 
