@@ -24,7 +24,6 @@ from .errors import (
     InvalidOptionError,
     InvalidTimesError,
     InvalidToleranceError,
-    NonFiniteError,
     SolveFailedError,
 )
 from .registry import get_registry
@@ -226,7 +225,6 @@ def prepare(
         spec.check_derivative(fy, "f(t0, y0)")
 
     s = _instance(solver_cls, dtype, device)
-    n_int = times.shape[0] - 2
     direction = 1.0 if float(times[-1]) > float(times[0]) else -1.0
     P = Problem(
         rhs=make_rhs(f, spec),

@@ -3,8 +3,6 @@
 Reference: Leonhard Euler, Institutionum calculi integralis (1768).
 """
 
-from fractions import Fraction as F
-
 from odeserve.tableau import ButcherTableau
 
 from .rk import ExplicitRK
