@@ -321,6 +321,7 @@ class AotiModel:
             )
         self.dtype = getattr(torch, self.metadata["dtype"])
         self.state_shapes = [tuple(s) for s in json.loads(self.metadata["state_shapes"])]
+        self._inputs = InputSpec.of(self.path.name, self.metadata)
         with _quiet():
             self._model = torch._inductor.aoti_load_package(str(self.path), run_single_threaded=run_single_threaded)
         self._run = _flat_runner(self._model)
@@ -335,7 +336,7 @@ class AotiModel:
         self._status = len(self.state_shapes)  # outputs: the states, then the status
 
     def __call__(self, *inputs: Tensor) -> tuple[Tensor, ...]:
-        check_inputs(self.path.name, self.metadata, inputs)
+        self._inputs.check(inputs)
         if self._prefix is not None:
             out = self._prefix(list(inputs))
             if int(out[self._status]) != RUNNING:  # one row: one status
@@ -352,31 +353,44 @@ class AotiModel:
         return tuple(self._model(*inputs))
 
 
-def check_inputs(name: str, meta: dict[str, str], inputs: Sequence[Any]) -> None:
-    """Check a call's positional inputs against an artifact's metadata (count, dtype,
-    per-sample shape, batch size), since compiled code trusts its inputs."""
-    dtype = getattr(torch, meta["dtype"])
-    shapes = [tuple(s) for s in json.loads(meta["state_shapes"])]
-    n_times = len(json.loads(meta.get("time_inputs", "[]")))
-    if len(inputs) != len(shapes) + n_times:
-        raise ShapeMismatchError(f"{name} takes {len(shapes)} state tensor(s) and {n_times} time input(s), "
-                                 f"got {len(inputs)} inputs")
-    for i, (x, tail) in enumerate(zip(inputs, shapes + [None] * n_times)):
-        if not isinstance(x, Tensor) or x.dtype != dtype:
-            raise DtypeMismatchError(f"input {i} must be a {dtype} tensor, got "
-                                     f"{x.dtype if isinstance(x, Tensor) else type(x).__name__}")
-        if tail is not None and (x.ndim != len(tail) + 1 or x.shape[1:] != tail):
-            raise ShapeMismatchError(f"state input {i} must be (batch, {', '.join(map(str, tail))}), "
-                                     f"got {tuple(x.shape)}")
-    rows = {int(x.shape[0]) for x in inputs[:len(shapes)]}
-    if len(rows) > 1:
-        raise ShapeMismatchError(f"the state inputs of {name} must share their batch size (axis 0), got {sorted(rows)}")
-    batch_min = int(meta.get("batch_min", "1"))
-    batch = None if meta.get("dynamic_batch") == "true" else int(meta["batch"])
-    (n,) = rows
-    if n < batch_min or (batch is not None and n != batch):
-        allowed = f"exactly {batch}" if batch is not None else f"at least {batch_min}"
-        raise ShapeMismatchError(f"{name} takes a batch of {allowed}, got {n}")
+@dataclass(frozen=True)
+class InputSpec:
+    """What an artifact's call takes, read once from its metadata; :meth:`check` tests a
+    call's positional inputs against it (count, dtype, per-sample shape, batch size), since
+    compiled code trusts its inputs."""
+
+    name: str
+    dtype: torch.dtype
+    tails: tuple[tuple[int, ...], ...]  # per state input: its shape after the batch axis
+    n_times: int
+    batch_min: int
+    batch: int | None  # None: any batch from batch_min
+
+    @classmethod
+    def of(cls, name: str, meta: dict[str, str]) -> "InputSpec":
+        return cls(name, getattr(torch, meta["dtype"]), tuple(tuple(s) for s in json.loads(meta["state_shapes"])),
+                   len(json.loads(meta.get("time_inputs", "[]"))), int(meta.get("batch_min", "1")),
+                   None if meta.get("dynamic_batch") == "true" else int(meta["batch"]))
+
+    def check(self, inputs: Sequence[Any]) -> None:
+        n = len(self.tails)
+        if len(inputs) != n + self.n_times:
+            raise ShapeMismatchError(f"{self.name} takes {n} state tensor(s) and {self.n_times} time input(s), "
+                                     f"got {len(inputs)} inputs")
+        for i, x in enumerate(inputs):
+            if not isinstance(x, Tensor) or x.dtype != self.dtype:
+                raise DtypeMismatchError(f"input {i} must be a {self.dtype} tensor, got "
+                                         f"{x.dtype if isinstance(x, Tensor) else type(x).__name__}")
+            if i < n and (x.ndim != len(self.tails[i]) + 1 or x.shape[1:] != self.tails[i]):
+                raise ShapeMismatchError(f"state input {i} must be (batch, {', '.join(map(str, self.tails[i]))}), "
+                                         f"got {tuple(x.shape)}")
+        rows = inputs[0].shape[0]
+        if any(x.shape[0] != rows for x in inputs[1:n]):
+            raise ShapeMismatchError(f"the state inputs of {self.name} must share their batch size (axis 0), got "
+                                     f"{[int(x.shape[0]) for x in inputs[:n]]}")
+        if rows < self.batch_min or (self.batch is not None and rows != self.batch):
+            allowed = f"exactly {self.batch}" if self.batch is not None else f"at least {self.batch_min}"
+            raise ShapeMismatchError(f"{self.name} takes a batch of {allowed}, got {rows}")
 
 
 def _loaded(path: Path, name: str, run_single_threaded: bool) -> Callable[[list[Tensor]], list[Tensor]]:

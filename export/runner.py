@@ -31,12 +31,12 @@ class TorchArtifact:
     """
 
     def __init__(self, path: str | os.PathLike[str], *, threads: int | None = None) -> None:
-        from .libtorch import FORMATS, check_inputs, load_aoti, read_artifact_metadata
+        from .libtorch import FORMATS, InputSpec, load_aoti, read_artifact_metadata
 
         self.path = Path(path)
         self.metadata = read_artifact_metadata(self.path)
         self.format = self.metadata.get("format", "")
-        self._check_inputs = check_inputs
+        self._inputs = InputSpec.of(self.path.name, self.metadata)
         if threads is not None:
             if int(threads) < 1:
                 raise ValueError(f"threads must be >= 1, got {threads}")
@@ -74,7 +74,7 @@ class TorchArtifact:
         numpy_in = not any(isinstance(x, torch.Tensor) for x in states)
         inputs = [self._tensor(x, f"state input {i}") for i, x in enumerate(states)]
         inputs += [self._tensor(given[k], k) for k in self.time_inputs]
-        self._check_inputs(self.path.name, self.metadata, inputs)
+        self._inputs.check(inputs)
         with torch.no_grad():
             outs = self._model(*inputs)
         if len(outs) != len(self.outputs):
