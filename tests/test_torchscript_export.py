@@ -446,6 +446,11 @@ def test_cli_run_and_bench_serve_torchscript_and_exported_programs(
     assert main(["bench", path, "--threads", "1", "--repeat", "2", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [(r["threads"], r["batch"]) for r in rows] == [(1, 1), (1, 256)] and all(r["median_ms"] > 0 for r in rows)
+    # bench's default batches follow the file: its one batch, or from its smallest batch
+    from odeserve.export._cli import _default_batches
+
+    assert _default_batches({"dynamic_batch": "false", "batch": "512"}) == [512]
+    assert _default_batches({"dynamic_batch": "true", "batch_min": "2"}) == [2, 256]
 
 
 # --------------------------------------------------------------------------- LibTorch example
