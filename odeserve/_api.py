@@ -58,6 +58,11 @@ class PreparedSolve:
     # Adaptive ``loop="while"`` only: this many masked attempts as straight-line code instead
     # of the loop (AOTInductor's prefix model); rows not done by then stay RUNNING.
     unrolled_attempts: int | None = None
+    # The problem whose f was seen, in grad mode, to give an output that does not require
+    # grad from a y0 that does not (prepare's f(t0, y0)): nothing f reads requires grad, so
+    # its while loop need not mark y0 as requiring grad.  Another problem (a sensitivity's
+    # rhs over substituted parameters) is not covered.
+    grad_free: Problem | None = None
 
     @property
     def adaptive(self) -> bool:
@@ -65,9 +70,11 @@ class PreparedSolve:
 
     def run(self, y0: Tensor, problem: Problem | None = None) -> tuple[Tensor, LoopResult]:
         P = problem or self.problem
-        if self.loop == "while" and torch.is_grad_enabled() and not y0.requires_grad:
+        if self.loop == "while" and torch.is_grad_enabled() and not y0.requires_grad and P is not self.grad_free:
             # torch.while_loop (2.13) only differentiates carries whose start value requires
             # grad: without this, gradients reaching f's parameters through the loop are wrong.
+            # Not for an f that reads nothing requiring grad (a frozen model): its outputs
+            # would require grad and keep the loop's graph for nothing.
             y0 = y0.detach().requires_grad_(True)
         if self.grid is not None:
             loop_fn = fixed_while if self.loop == "while" else fixed_eager
@@ -258,6 +265,8 @@ def prepare(
     prepared = PreparedSolve(f, spec, P, times, grid, loop, compact, solver_name, {})
     if fy is not None:
         prepared.y0_flat, prepared.f0_flat = spec.flatten(y0), spec.flatten(fy)
+        if torch.is_grad_enabled() and not prepared.y0_flat.requires_grad and not prepared.f0_flat.requires_grad:
+            prepared.grad_free = prepared.problem
     return prepared
 
 

@@ -27,6 +27,33 @@ def test_parameter_gradients_through_while_loop_equal_python_loop(solver, kw):
     assert torch.allclose(grads[0], grads[1], rtol=1e-10, atol=1e-12)
 
 
+def test_while_loop_marks_y0_for_grad_only_when_f_reads_a_tensor_that_requires_grad():
+    """A frozen model solved with loop="while" in grad mode returns outputs that do not
+    require grad (no loop graph kept); a module with no trainable parameters of its own that
+    reads an outside tensor requiring grad still gets that tensor's exact gradient."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 2)).double().requires_grad_(False)
+    y0 = torch.randn(3, 2, dtype=torch.float64)
+    t = [0.0, 0.5, 1.0]
+    frozen = odeserve.solve(lambda t, y: net(y), y0, t, solver="dopri5", rtol=1e-8, atol=1e-10, loop="while")
+    assert not frozen.ys.requires_grad
+    with torch.no_grad():
+        ref = odeserve.solve(lambda t, y: net(y), y0, t, solver="dopri5", rtol=1e-8, atol=1e-10)
+    assert torch.allclose(frozen.ys, ref.ys, rtol=1e-10, atol=1e-12)
+
+    scale = torch.tensor(0.7, dtype=torch.float64, requires_grad=True)
+
+    class Scaled(nn.Module):  # no parameters: it reads ``scale`` from outside
+        def forward(self, t, y):
+            return scale * net(y)
+
+    grads = []
+    for loop in ("python", "while"):
+        ys = odeserve.solve(Scaled(), y0, t, solver="dopri5", rtol=1e-8, atol=1e-10, loop=loop).ys
+        grads.append(torch.autograd.grad(ys.pow(2).sum(), scale)[0])
+    assert grads[0].abs() > 1e-3 and torch.allclose(grads[0], grads[1], rtol=1e-9, atol=1e-12)
+
+
 def test_const_is_a_literal_while_tracing_and_a_tensor_otherwise():
     from odeserve.solver import Const
 
