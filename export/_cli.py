@@ -228,8 +228,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
-    print(f"{args.model}: solver={model.metadata.get('solver')} mode={model.metadata.get('mode')} "
-          f"steps={model.metadata.get('steps', '-')} dtype={model.metadata.get('dtype')}")
+    meta = model.metadata
+    print(f"{args.model}: {meta.get('format', '?').split('/')[0]} solver={meta.get('solver')} mode={meta.get('mode')} "
+          f"batch_mode={meta.get('batch_mode', 'per_sample')} steps={meta.get('steps', '-')} dtype={meta.get('dtype')}")
     print(f"{'threads':>7} {'batch':>6} {'median ms':>10} {'min ms':>8} {'µs/sample':>10} {'runs':>5}")
     for r in rows:
         print(f"{r['threads']:>7} {r['batch']:>6} {r['median_ms']:>10.3f} {r['min_ms']:>8.3f} "
