@@ -31,18 +31,19 @@ class TorchArtifact:
     """
 
     def __init__(self, path: str | os.PathLike[str], *, threads: int | None = None) -> None:
+        from .compile import check_threads
         from .libtorch import FORMATS, InputSpec, load_aoti, read_artifact_metadata
 
         self.path = Path(path)
         self.metadata = read_artifact_metadata(self.path)
         self.format = self.metadata.get("format", "")
-        self._inputs = InputSpec.of(self.path.name, self.metadata)
-        if threads is not None:
-            if int(threads) < 1:
-                raise ValueError(f"threads must be >= 1, got {threads}")
-            torch.set_num_threads(int(threads))
+        # The input check; an AOTInductor package's loader (AotiModel) makes the same one itself.
+        self._inputs: InputSpec | None = InputSpec.of(self.path.name, self.metadata)
+        if check_threads(threads) is not None:
+            torch.set_num_threads(threads)
         if self.format == FORMATS["aoti"]:
             self._model: Any = load_aoti(self.path)
+            self._inputs = None
         elif self.format == FORMATS["torchscript"]:
             self._model = torch.jit.load(str(self.path), map_location="cpu")
         elif self.format == FORMATS["pt2"]:
@@ -54,7 +55,6 @@ class TorchArtifact:
         self.time_inputs: list[str] = json.loads(self.metadata.get("time_inputs", "[]"))
         self.outputs: list[str] = json.loads(self.metadata["outputs"])
         self.state_outputs = self.outputs[: len(self.state_inputs)]
-        self._torch_dtype = getattr(torch, self.metadata["dtype"])
 
     @property
     def dtype(self) -> np.dtype:
@@ -74,7 +74,8 @@ class TorchArtifact:
         numpy_in = not any(isinstance(x, torch.Tensor) for x in states)
         inputs = [self._tensor(x, f"state input {i}") for i, x in enumerate(states)]
         inputs += [self._tensor(given[k], k) for k in self.time_inputs]
-        self._inputs.check(inputs)
+        if self._inputs is not None:
+            self._inputs.check(inputs)
         with torch.no_grad():
             outs = self._model(*inputs)
         if len(outs) != len(self.outputs):
