@@ -146,10 +146,9 @@ class ODEModule(nn.Module):
     once after the loop, and only in eager code (under a plain ``torch.compile`` of this
     module use ``return_info=True`` and check ``info.status`` yourself).
 
-    Training: gradients reach ``y0`` and the parameters of ``f`` (an ``nn.Module``) through
-    the while loop.  A tensor ``f`` only closes over is not seen: when ``y0`` needs no
-    gradient, such a tensor's gradient through the compiled loop would be wrong (see
-    :meth:`_grad_anchor`); make it a parameter of ``f``.
+    Training: gradients reach ``y0``, the parameters of ``f`` (an ``nn.Module``) and any
+    other tensor requiring grad that ``f`` reads (a closure over a weight) through the
+    while loop (see :meth:`_grad_anchor`).
     """
 
     def __init__(
@@ -243,7 +242,7 @@ class ODEModule(nn.Module):
         P = p.problem
         y0_flat = p.spec.flatten(y0)
         if p.loop == "while" and torch.is_grad_enabled() and not y0_flat.requires_grad:
-            y0_flat = y0_flat + self._grad_anchor(y0_flat)
+            y0_flat = y0_flat + self._grad_anchor(p, y0_flat)
         ys, res = self.sensitivity.run(p, y0_flat)
         # Outputs past the point where a sample stopped are NaN, as in odeserve.solve.
         beyond = (p.t.reshape(-1, 1, 1) - res.t) * P.direction > 0
@@ -255,16 +254,39 @@ class ODEModule(nn.Module):
         info = SolveInfo(shape(res.status), shape(res.accepted), shape(res.rejected), nfe.reshape(()), shape(res.t))
         return p.spec.unflatten(ys), info
 
-    def _grad_anchor(self, like: Tensor) -> Tensor:
-        """A zero that requires grad when a parameter of ``f`` does.  torch.while_loop (2.13)
+    def _trainable(self) -> list[Tensor]:
+        """The parameters of ``f`` that require grad (none for a function)."""
+        return [q for q in self.f.parameters() if q.requires_grad] if isinstance(self.f, nn.Module) else []
+
+    def _grad_anchor(self, p: PreparedSolve, like: Tensor) -> Tensor:
+        """A zero that requires grad when something ``f`` reads does.  torch.while_loop (2.13)
         back-propagates only through carries whose initial value requires grad: without
-        this, a ``y0`` that needs no gradient (data) would cut the parameters' gradient
-        through the loop, silently.  Adding an exact zero links the state to them."""
-        params = [q for q in self.f.parameters() if q.requires_grad] if isinstance(self.f, nn.Module) else []
+        this, a ``y0`` that needs no gradient (data) would cut the gradient of ``f``'s
+        parameters through the loop, silently.  Adding an exact zero links the state to
+        them.  An ``f`` with no trainable parameter of its own may still read a tensor that
+        requires grad (a closure over a weight): then the zero comes from one evaluation of
+        ``f`` at ``t0`` (NaN and Inf mapped to 0 first, so the zero stays exact), and stays
+        a plain zero when that output needs no gradient."""
         zero = torch.zeros((), dtype=like.dtype, device=like.device)
+        params = self._trainable()
         for q in params:
             zero = zero + q.reshape(-1)[:1].sum().to(like.dtype) * 0
+        if not params:
+            v = p.problem.rhs(p.problem.t0, like).reshape(-1)[:1]
+            if v.requires_grad:
+                zero = zero + torch.nan_to_num(v, 0.0, 0.0, 0.0).sum() * 0
         return zero
+
+    def reads_grad(self, y0: State) -> bool:
+        """Whether a solve from ``y0`` in grad mode has anything to differentiate: ``y0`` or
+        a parameter of ``f`` requires grad, or ``f`` reads another tensor that does (one
+        eager evaluation of ``f`` at ``t0`` tells, only when the first two say no)."""
+        comps = tuple(y0) if isinstance(y0, (tuple, list)) else (y0,)
+        if any(c.requires_grad for c in comps) or self._trainable():
+            return True
+        p = self.prepare(y0)
+        with torch.enable_grad():
+            return bool(p.problem.rhs(p.problem.t0, p.spec.flatten(y0)).requires_grad)
 
     def check(self, y0: State, ys: State, info: SolveInfo) -> None:
         """Raise :class:`odeserve.SolveFailedError` (the partial solution attached) unless
@@ -429,14 +451,11 @@ class CompiledODE(nn.Module):
     def forward(self, y0: State) -> State | tuple[State, SolveInfo]:
         m = self.module
         p = m.prepare(y0)
-        comps = tuple(y0) if isinstance(y0, (tuple, list)) else (y0,)
         batch_comps = p.spec.batch_components(y0)  # type: ignore[attr-defined]
         if self.dynamic:
             for c in batch_comps:
                 torch._dynamo.maybe_mark_dynamic(c, 0)
-        needs_grad = torch.is_grad_enabled() and (
-            any(c.requires_grad for c in comps) or any(q.requires_grad for q in m.parameters())
-        )
+        needs_grad = torch.is_grad_enabled() and m.reads_grad(y0)
         if needs_grad:
             ys, info = self.compiled(y0)
         else:

@@ -335,6 +335,34 @@ def test_frozen_model_in_grad_mode_uses_the_inference_graph():
     assert torch.allclose(ys, want, atol=1e-6)
 
 
+@pytest.mark.parametrize("solver", ["rk4", "dopri5"])
+def test_closure_over_a_trainable_tensor_gets_its_gradient(solver):
+    """``f`` a plain function closing over a weight that requires grad, ``y0`` data (no
+    grad): the compiled solve used to run its inference graph (nothing registered needed a
+    gradient) and the weight's gradient was silently zero.  Now it equals eager autograd
+    through the Python loop, and so does a user's own ``torch.compile`` of the module."""
+    g = torch.Generator().manual_seed(5)
+    w = (0.5 * torch.randn(2, 2, generator=g, dtype=torch.float64)).requires_grad_(True)
+
+    def f(t, y):
+        return torch.tanh(y @ w) * (1 + t)
+
+    y0 = _y0(3)
+    solve(f, y0, T, solver=solver, compact=False, **_options(solver)).ys.square().sum().backward()
+    want, w.grad = w.grad.clone(), None
+    assert want.abs().max() > 0.1
+    model = compile_solve(f, t=T, solver=solver, backend="aot_eager", **_options(solver))
+    ys = model(y0)
+    assert ys.requires_grad
+    ys.square().sum().backward()
+    _close(w.grad, want, 1e-10)
+    w.grad = None
+    module = ODEModule(f, t=T, solver=solver, **_options(solver))
+    module(y0)  # prepared eagerly
+    torch.compile(module, fullgraph=True, backend="aot_eager")(y0).square().sum().backward()
+    _close(w.grad, want, 1e-10)
+
+
 def test_threads_option_is_validated():
     from odeserve.errors import InvalidOptionError
 
