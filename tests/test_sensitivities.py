@@ -178,6 +178,45 @@ def test_closed_over_tensor_in_adjoint_params(method):
     assert _rel(got, ref) <= EXACT.get(method, TOL)
 
 
+@pytest.mark.parametrize("method", ["adjoint", "checkpoint", "reversible"])
+def test_unlisted_tensor_that_requires_grad_is_refused(method):
+    """A closure over a weight, not listed in adjoint_params, with y0 (or a parameter of f)
+    to differentiate: the method's backward would give the weight no gradient, silently
+    (it used to: W.grad stayed None).  Refused, naming the shape; an encoder's output read
+    by f traces back to the encoder's weight, which is refused the same way unless the
+    output itself is listed."""
+    solver = "reversible_heun" if method == "reversible" else "dopri5"
+    opts = dict(solver=solver, **_solver_options(solver))
+    W = torch.tensor([[0.2, -0.7], [0.9, 0.1]], dtype=DT, requires_grad=True)
+    y0 = torch.randn(4, 2, dtype=DT, requires_grad=True)
+    with pytest.raises(InvalidOptionError, match=r"f reads 1 tensor\(s\) that require grad .*\(2, 2\).*adjoint_params"):
+        solve(lambda t, y: torch.tanh(y @ W), y0, T3, sensitivity=method, **opts)
+    z = torch.sin(W.sum(0))  # not a leaf: conditioning computed from a trainable tensor
+    f = lambda t, y: torch.tanh(y + z)  # noqa: E731
+    with pytest.raises(InvalidOptionError, match=r"\(2, 2\)"):
+        solve(f, y0, T3, sensitivity=method, **opts)
+    ref = _grads(f, y0.detach(), T3, "autograd", [z], **opts)
+    got = _grads(f, y0.detach(), T3, method, [z], sensitivity_options={"adjoint_params": [z]}, **opts)
+    assert _rel(got, ref) <= EXACT.get(method, TOL)
+    # A leaf f makes for itself on every call (a CNF's divergence) is not refused.
+    A = torch.tensor([[0.3, -0.2], [0.1, 0.4]], dtype=DT, requires_grad=True)
+
+    def own_leaf(t, y):
+        with torch.enable_grad():
+            z = y.clone().requires_grad_(True)
+            (dz,) = torch.autograd.grad(torch.tanh(z @ A).sum(), z, create_graph=True)
+        return dz
+
+    ref = _grads(own_leaf, y0.detach(), T3, "autograd", [A], **opts)
+    got = _grads(own_leaf, y0.detach(), T3, method, [A], sensitivity_options={"adjoint_params": [A]}, **opts)
+    assert _rel(got, ref) <= EXACT.get(method, TOL)
+    # Nothing of f's own to differentiate and y0 data: the plain solve runs, autograd reaches W.
+    ys = solve(lambda t, y: torch.tanh(y @ W), y0.detach(), T3, sensitivity=method, **opts).ys
+    (gw,) = torch.autograd.grad(ys.square().sum(), [W])
+    (want,) = torch.autograd.grad(solve(lambda t, y: torch.tanh(y @ W), y0.detach(), T3, **opts).ys.square().sum(), [W])
+    assert _rel(gw, want) <= 1e-12
+
+
 def test_adjoint_per_sample_without_parameters():
     """Only y0 to differentiate: the backward solve itself runs per sample."""
     f = lambda t, y: -y * (1 + t.reshape(-1, 1)) + torch.sin(y)  # noqa: E731

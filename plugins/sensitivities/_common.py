@@ -20,6 +20,7 @@ __all__ = [
     "parse_options",
     "adjoint_params_option",
     "differentiated_params",
+    "method_params",
     "refuse_failed",
     "module_names",
     "functional_rhs",
@@ -77,6 +78,65 @@ def differentiated_params(f: Any, listed: Sequence[Tensor] | None) -> list[Tenso
             seen.add(id(p))
             out.append(p)
     return out
+
+
+def method_params(method: str, prepared: PreparedSolve, y0: Tensor, listed: Sequence[Tensor] | None) -> list[Tensor] | None:
+    """The tensors a sensitivity method's backward pass differentiates besides ``y0``
+    (:func:`differentiated_params`), or ``None`` when it has nothing to do (grad mode off,
+    or neither ``y0`` nor any of them requires grad: the plain solve runs, and autograd
+    through it reaches any other tensor ``f`` reads).
+
+    A method that back-solves or replays from these tensors alone would give a tensor ``f``
+    reads without them (a closure over a weight, the output of an encoder) no gradient,
+    silently: an evaluation of ``f`` at ``t0`` from a detached ``y0`` finds the leaves of its
+    autograd graph that are not among them (a second one tells them from leaves ``f`` makes
+    for itself), and those are refused, naming their shapes."""
+    if not torch.is_grad_enabled():
+        return None
+    params = differentiated_params(prepared.f, listed)
+    if not (y0.requires_grad or params):
+        return None
+    if not torch.compiler.is_compiling():
+        with torch.enable_grad():
+            out = prepared.problem.rhs(prepared.problem.t0, y0.detach())
+            unlisted = _unlisted_leaves(out, params)
+            if unlisted:
+                # A leaf f makes for itself (a CNF's z.requires_grad_() for its trace) is a new
+                # tensor on every call; what f reads from outside is the same one again.
+                # (``out`` keeps the first call's leaves alive, so no id is reused.)
+                again = {id(v) for v in _unlisted_leaves(prepared.problem.rhs(prepared.problem.t0, y0.detach()), params)}
+                unlisted = [v for v in unlisted if id(v) in again]
+        if unlisted:
+            shapes = ", ".join(str(tuple(v.shape)) for v in unlisted[:5]) + (", ..." if len(unlisted) > 5 else "")
+            raise InvalidOptionError(
+                f"sensitivity {method!r}: f reads {len(unlisted)} tensor(s) that require grad but are not among "
+                f"the tensors it differentiates (shapes {shapes}), so they would get no gradient from this solve. "
+                "Make them parameters of an nn.Module f, or list them (with f's parameters) in "
+                "sensitivity_options={'adjoint_params': [...]}; or use sensitivity='autograd'"
+            )
+    return params
+
+
+def _unlisted_leaves(out: Tensor, params: Sequence[Tensor]) -> list[Tensor]:
+    """Leaves requiring grad in ``out``'s autograd graph that are not in ``params``; the walk
+    stops at a listed tensor that is not a leaf (its own inputs are its business)."""
+    if out.grad_fn is None:
+        return []
+    known = {id(p) for p in params}
+    stops = {p.grad_fn for p in params if p.grad_fn is not None}
+    found: dict[int, Tensor] = {}
+    seen: set[Any] = set()
+    stack = [out.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen or node in stops:
+            continue
+        seen.add(node)
+        leaf = getattr(node, "variable", None)
+        if leaf is not None and id(leaf) not in known:
+            found[id(leaf)] = leaf
+        stack.extend(nxt for nxt, _ in node.next_functions)
+    return list(found.values())
 
 
 def refuse_failed(status: Tensor, method: str) -> None:

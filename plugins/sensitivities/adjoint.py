@@ -20,7 +20,7 @@ from ._common import (
     adjoint_params_option,
     RhsVJP,
     SeminormProblem,
-    differentiated_params,
+    method_params,
     module_names,
     output_grid_points,
     parse_options,
@@ -90,8 +90,8 @@ class AdjointVJP(Sensitivity):
         self.seminorm: bool = opts["seminorm"]
 
     def run(self, prepared: Any, y0: Tensor) -> tuple[Tensor, Any]:
-        params = differentiated_params(prepared.f, self.adjoint_params)
-        if not torch.is_grad_enabled() or not (y0.requires_grad or params):
+        params = method_params(self.name, prepared, y0, self.adjoint_params)
+        if params is None:
             return prepared.run(y0)
         box = ResultBox()
         names = module_names(prepared.f, params)

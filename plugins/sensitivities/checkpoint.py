@@ -17,7 +17,7 @@ from ._common import (
     ResultBox,
     adjoint_params_option,
     add_grads,
-    differentiated_params,
+    method_params,
     fixed_result,
     module_names,
     output_grid_points,
@@ -60,8 +60,8 @@ class Checkpointed(Sensitivity):
         self.adjoint_params = adjoint_params_option(opts["adjoint_params"], self.name)
 
     def run(self, prepared: Any, y0: Tensor) -> tuple[Tensor, Any]:
-        params = differentiated_params(prepared.f, self.adjoint_params)
-        if not torch.is_grad_enabled() or not (y0.requires_grad or params):
+        params = method_params(self.name, prepared, y0, self.adjoint_params)
+        if params is None:
             return prepared.run(y0)
         box = ResultBox()
         ys = _CheckpointFunction.apply(prepared, box, module_names(prepared.f, params), y0, *params)

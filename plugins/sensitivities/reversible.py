@@ -16,7 +16,7 @@ from odeserve.solver import Sensitivity
 from ._common import (
     ResultBox,
     adjoint_params_option,
-    differentiated_params,
+    method_params,
     fixed_result,
     module_names,
     parse_options,
@@ -59,8 +59,8 @@ class ReversibleAdjoint(Sensitivity):
                 f"solver='reversible_heun'); {prepared.solver_name!r} is not one — use sensitivity='adjoint' "
                 "or 'checkpoint' with it"
             )
-        params = differentiated_params(prepared.f, self.adjoint_params)
-        if not torch.is_grad_enabled() or not (y0.requires_grad or params):
+        params = method_params(self.name, prepared, y0, self.adjoint_params)
+        if params is None:
             return prepared.run(y0)
         box = ResultBox()
         ys = _ReversibleFunction.apply(prepared, box, module_names(prepared.f, params), y0, *params)
