@@ -177,7 +177,8 @@ class Registry:
             close = difflib.get_close_matches(str(name), list(table), n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
             broken = f" ({len(self.errors)} plugin(s) failed to load: see `odeserve plugins`)" if self.errors else ""
-            raise UnknownPluginError(f"unknown {kind} {name!r}; known {kind}s: {known}.{hint}{broken}")
+            plural = kind[:-1] + "ies" if kind.endswith("y") else kind + "s"
+            raise UnknownPluginError(f"unknown {kind} {name!r}; known {plural}: {known}.{hint}{broken}")
         return table[name].obj
 
     def solver(self, name: str) -> type[Solver]:
