@@ -18,10 +18,14 @@ elements (the error norm over batch × state) uses a chunked accumulator, so bat
 either side of batch × D = 4096 get one graph each.
 
 Training (``sensitivity="autograd"``) compiles forward and backward through
-``torch.while_loop``'s autograd.  The other sensitivities do not compile: they are
-``autograd.Function`` s that drive their own backward loop, and Dynamo rejects them
+``torch.while_loop``'s autograd.  The other sensitivities do not compile for training: they
+are ``autograd.Function`` s that drive their own backward loop, and Dynamo rejects them
 ("An intermediate tensor 'status' created inside a higher-order op subgraph aliases an
-input or output ..."); use them eagerly.
+input or output ..."); :class:`CompiledODE` refuses such a call with
+:class:`~odeserve.InvalidOptionError` before compiling (inference, under ``torch.no_grad()``,
+runs the plain solve and compiles), and refuses ``"forward"`` when it is built (its
+``autograd.Function`` defines a custom ``jvp``, which Dynamo cannot trace at all).  Use them
+eagerly (``odeserve.solve``, or the module itself).
 """
 
 from __future__ import annotations
@@ -384,6 +388,10 @@ def kernel_options() -> dict[str, Any]:
     return {"post_grad_fusion_options": {"decompose_mm_pass": {}}, "cpp.enable_floating_point_contract_flag": "fast"}
 
 
+#: Built-in sensitivities whose backward pass is an autograd.Function loop Dynamo cannot trace.
+_EAGER_ONLY_TRAINING = ("adjoint", "checkpoint", "reversible")
+
+
 class CompiledODE(nn.Module):
     """An :class:`ODEModule` whose solve runs as one compiled graph.  ``forward`` prepares
     eagerly (a cached lookup after the first call), marks the batch axis dynamic, runs the
@@ -423,6 +431,12 @@ class CompiledODE(nn.Module):
         threads: int | None = None,
     ) -> None:
         super().__init__()
+        if getattr(module.sensitivity, "name", None) == "forward":
+            raise InvalidOptionError(
+                "sensitivity='forward' does not compile (Dynamo cannot trace an autograd.Function with a custom jvp); "
+                "use odeserve.solve(..., sensitivity='forward') or odeserve.jvp eagerly, or compile with "
+                "sensitivity='autograd'"
+            )
         self.module = module
         self.dynamic = dynamic
         check_threads(threads)
@@ -456,6 +470,13 @@ class CompiledODE(nn.Module):
             for c in batch_comps:
                 torch._dynamo.maybe_mark_dynamic(c, 0)
         needs_grad = torch.is_grad_enabled() and m.reads_grad(y0)
+        if needs_grad and getattr(m.sensitivity, "name", None) in _EAGER_ONLY_TRAINING:
+            raise InvalidOptionError(
+                f"sensitivity={m.sensitivity.name!r} does not compile for training (its backward is a loop of its "
+                "own, which Dynamo cannot trace); compile with sensitivity='autograd' (the same gradient to "
+                "rounding for 'checkpoint' and 'reversible'), or train with the eager module "
+                "(odeserve.export.ODEModule) or odeserve.solve; inference under torch.no_grad() compiles"
+            )
         if needs_grad:
             ys, info = self.compiled(y0)
         else:

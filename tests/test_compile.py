@@ -398,3 +398,29 @@ def test_single_sample_graph_is_written_for_one_thread(monkeypatch):
         codes[threads] = "\n".join(code)
     assert _OMP not in codes[None]
     assert _OMP in codes[2]
+
+
+@pytest.mark.parametrize("method", ["adjoint", "checkpoint", "reversible"])
+def test_eager_only_sensitivities_are_refused_for_compiled_training(method):
+    """Their backward loop is an autograd.Function Dynamo cannot trace: training through
+    compile_solve used to end in InternalTorchDynamoError ("An intermediate tensor 'status'
+    ... aliases an input or output").  Now a named error before compiling; inference under
+    no_grad compiles and equals the eager solve."""
+    from odeserve.errors import InvalidOptionError
+
+    solver = "reversible_heun" if method == "reversible" else "rk4"
+    f, y0 = MLP(), _y0(3)
+    model = compile_solve(f, t=T, solver=solver, steps=4, sensitivity=method, backend="aot_eager")
+    with pytest.raises(InvalidOptionError, match=f"sensitivity='{method}' does not compile for training"):
+        model(y0)
+    with torch.no_grad():
+        got = model(y0)
+        want = solve(f, y0, T, solver=solver, steps=4).ys
+    _close(got, want, 1e-12)
+
+
+def test_forward_sensitivity_is_refused_when_compiled():
+    from odeserve.errors import InvalidOptionError
+
+    with pytest.raises(InvalidOptionError, match="sensitivity='forward' does not compile"):
+        compile_solve(MLP(), t=T, solver="rk4", steps=4, sensitivity="forward")
