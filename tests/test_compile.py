@@ -356,6 +356,8 @@ def test_closure_over_a_trainable_tensor_gets_its_gradient(solver):
     assert ys.requires_grad
     ys.square().sum().backward()
     _close(w.grad, want, 1e-10)
+    if solver != "rk4":
+        return  # the same anchor; one solver is enough for the second compile (CI time)
     w.grad = None
     module = ODEModule(f, t=T, solver=solver, **_options(solver))
     module(y0)  # prepared eagerly
