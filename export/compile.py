@@ -42,6 +42,7 @@ from odeserve._api import PreparedSolve, make_rhs, prepare
 from odeserve._loop import adaptive_init
 from odeserve._state import StateSpec
 from odeserve.errors import InvalidOptionError, SolveFailedError
+from odeserve.plugins.sensitivities._common import differentiated_params
 from odeserve.registry import get_registry
 from odeserve.solution import Solution
 
@@ -258,10 +259,6 @@ class ODEModule(nn.Module):
         info = SolveInfo(shape(res.status), shape(res.accepted), shape(res.rejected), nfe.reshape(()), shape(res.t))
         return p.spec.unflatten(ys), info
 
-    def _trainable(self) -> list[Tensor]:
-        """The parameters of ``f`` that require grad (none for a function)."""
-        return [q for q in self.f.parameters() if q.requires_grad] if isinstance(self.f, nn.Module) else []
-
     def _grad_anchor(self, p: PreparedSolve, like: Tensor) -> Tensor:
         """A zero that requires grad when something ``f`` reads does.  torch.while_loop (2.13)
         back-propagates only through carries whose initial value requires grad: without
@@ -272,7 +269,7 @@ class ODEModule(nn.Module):
         ``f`` at ``t0`` (NaN and Inf mapped to 0 first, so the zero stays exact), and stays
         a plain zero when that output needs no gradient."""
         zero = torch.zeros((), dtype=like.dtype, device=like.device)
-        params = self._trainable()
+        params = differentiated_params(self.f, None)
         for q in params:
             zero = zero + q.reshape(-1)[:1].sum().to(like.dtype) * 0
         if not params:
@@ -286,7 +283,7 @@ class ODEModule(nn.Module):
         a parameter of ``f`` requires grad, or ``f`` reads another tensor that does (one
         eager evaluation of ``f`` at ``t0`` tells, only when the first two say no)."""
         comps = tuple(y0) if isinstance(y0, (tuple, list)) else (y0,)
-        if any(c.requires_grad for c in comps) or self._trainable():
+        if any(c.requires_grad for c in comps) or differentiated_params(self.f, None):
             return True
         p = self.prepare(y0)
         with torch.enable_grad():

@@ -38,12 +38,11 @@ class TorchArtifact:
         self.metadata = read_artifact_metadata(self.path)
         self.format = self.metadata.get("format", "")
         # The input check; an AOTInductor package's loader (AotiModel) makes the same one itself.
-        self._inputs: InputSpec | None = InputSpec.of(self.path.name, self.metadata)
+        self._inputs = None if self.format == FORMATS["aoti"] else InputSpec.of(self.path.name, self.metadata)
         if check_threads(threads) is not None:
             torch.set_num_threads(threads)
         if self.format == FORMATS["aoti"]:
             self._model: Any = load_aoti(self.path)
-            self._inputs = None
         elif self.format == FORMATS["torchscript"]:
             self._model = torch.jit.load(str(self.path), map_location="cpu")
         elif self.format == FORMATS["pt2"]:
